@@ -1,0 +1,20 @@
+# kt: find and transfer complementary knowledge between pretrained image classifiers.
+# Table of contents: config -> zoo -> logits (extract) -> complementarity -> selection.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/zoo.smk"
+include: "workflow/rules/extract.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,5 @@
+import sys
+
+from kt.cli import main
+
+sys.exit(main())

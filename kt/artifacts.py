@@ -1,0 +1,167 @@
+"""Artifact I/O: atomic writes, and the logits HDF5 layout every rule shares.
+
+``results/logits/{split}/{model}.h5`` holds ``logits`` (N, C) float32, ``labels`` (N,) int64,
+``index`` (N,) sample ids in dataset order and optionally ``features`` (N, D); attrs describe the
+model, the data (``dataset_fingerprint``) and the run. Arrays are chunked by whole rows (~1 MiB).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from kt.errors import KtError
+
+FORMAT_VERSION = 1
+CHUNK_BYTES = 1 << 20
+
+
+@contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``final``, renamed onto it only if the block succeeds.
+
+    A killed process leaves at most a dot-file named ``.NAME.tmp-PID``, never a complete-looking
+    artifact; the rename is atomic because both paths are on the same filesystem.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def row_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunks of whole rows, about CHUNK_BYTES each."""
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+    rows = max(1, min(shape[0], CHUNK_BYTES // row_bytes))
+    return (rows, *shape[1:])
+
+
+def _index_array(ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids)
+    return ids.astype(h5py.string_dtype()) if ids.dtype.kind in "US" else ids.astype(np.int64)
+
+
+class LogitsWriter:
+    """Streams rows into an open HDF5 file (inside :func:`atomic_path`)."""
+
+    def __init__(self, f: h5py.File, ids: np.ndarray, labels: np.ndarray, num_classes: int,
+                 feature_dim: int | None = None) -> None:
+        n = len(labels)
+        self.f = f
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        index = _index_array(ids)
+        f.create_dataset("index", data=index, dtype=index.dtype)
+        f.create_dataset("logits", shape=(n, num_classes), dtype=np.float32,
+                         chunks=row_chunks((n, num_classes), 4))
+        if feature_dim:
+            f.create_dataset("features", shape=(n, feature_dim), dtype=np.float32,
+                             chunks=row_chunks((n, feature_dim), 4))
+
+    def write(self, start: int, logits: np.ndarray, features: np.ndarray | None = None) -> None:
+        stop = start + len(logits)
+        self.f["logits"][start:stop] = logits
+        if features is not None:
+            self.f["features"][start:stop] = features
+
+
+def set_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
+    """Scalars and strings as they are; lists and dicts as JSON strings (readable with h5dump)."""
+    for key, value in attrs.items():
+        obj.attrs[key] = json.dumps(value) if isinstance(value, dict | list | tuple) else value
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass
+class LogitsFile:
+    """The content of one logits file."""
+
+    path: Path
+    logits: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+    attrs: dict[str, Any]
+    features: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def accuracy(self) -> float:
+        """Top-1 accuracy in % recomputed from the arrays."""
+        return float((self.predictions == self.labels).mean() * 100)
+
+
+def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
+    """Open an artifact, turning 'truncated/not HDF5/missing' into a message naming the file."""
+    try:
+        return h5py.File(path, mode)
+    except FileNotFoundError:
+        raise KtError(f"{path} does not exist; run the workflow step that writes it first.") from None
+    except OSError as e:
+        raise KtError(f"{path} is not a readable HDF5 file ({e}); it is truncated or corrupt: "
+                      "delete it and rerun the step that writes it.") from None
+
+
+def check_version(path: str | Path, attrs: dict[str, Any]) -> None:
+    version = int(attrs.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise KtError(f"{path} was written by a newer kt (format {version}, this kt reads up to "
+                      f"{FORMAT_VERSION}); upgrade kt or rerun the step with this version.")
+
+
+def read_logits(path: str | Path, features: bool = False) -> LogitsFile:
+    """Load a logits file fully into memory, checking its layout and format version."""
+    with open_h5(path) as f:
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        check_version(path, attrs)
+        missing = {"logits", "labels", "index"} - set(f)
+        if missing:
+            raise KtError(f"{path} lacks dataset(s) {sorted(missing)}; it is not a kt logits file "
+                          "(or was cut short): delete it and rerun the step that writes it.")
+        try:
+            index = f["index"][:]
+            if index.dtype.kind == "O":
+                index = index.astype(str)
+            return LogitsFile(Path(path), f["logits"][:], f["labels"][:], index, attrs,
+                              f["features"][:] if features and "features" in f else None)
+        except OSError as e:
+            raise KtError(f"{path} is truncated or corrupt ({e}); delete it and rerun the step.") from None
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What an HDF5 artifact holds: datasets with shape/dtype, attrs, and top-1 if it has logits."""
+    with open_h5(path) as f:
+        info: dict[str, Any] = {"file": str(path), "datasets": {}, "attrs": {k: _attr(v) for k, v in f.attrs.items()}}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                info["datasets"][name] = {"shape": list(obj.shape), "dtype": str(obj.dtype),
+                                          "chunks": list(obj.chunks) if obj.chunks else None}
+        f.visititems(visit)
+    if {"logits", "labels"} <= set(info["datasets"]):
+        info["top1_recomputed"] = round(read_logits(path).accuracy, 4)
+    return info

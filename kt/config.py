@@ -1,0 +1,64 @@
+"""The workflow's view of the config: the model list and the checks a schema cannot express.
+
+The JSON schema (workflow/schemas/config.schema.yaml) catches misspelled keys and wrong types;
+:func:`check` then resolves every name against the plugin registry, so ``snakemake -n`` fails on
+an unknown model, dataset or strategy before any job runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kt.errors import KtError
+from kt.models import ModelSource, ModelSpec
+from kt.registry import get_registry
+
+
+def zoo_specs(config: dict[str, Any], results: str = "results") -> dict[str, ModelSpec]:
+    """Zoo entries as model specs whose weights are the zoo's own checkpoints."""
+    zoo = config.get("zoo") or {}
+    specs = {}
+    for entry in zoo.get("models", []):
+        specs[entry["name"]] = ModelSpec(
+            id=entry["id"], name=entry["name"], args=entry.get("args", {}),
+            num_classes=zoo.get("num_classes"), preprocess=zoo.get("preprocess", {}),
+            weights=f"{results}/zoo/{entry['name']}.pth")
+    return specs
+
+
+def model_specs(config: dict[str, Any], results: str = "results") -> dict[str, ModelSpec]:
+    """Every model of the grid by slug: zoo models first, then the ``models`` list."""
+    specs = zoo_specs(config, results)
+    for i, entry in enumerate(config.get("models") or []):
+        try:
+            spec = ModelSpec.parse(entry)
+        except TypeError as e:
+            raise KtError(f"config key models[{i}]: {e}; allowed keys: id, name, weights, num_classes, "
+                          "args, preprocess.") from None
+        if spec.slug in specs:
+            raise KtError(f"config key models[{i}]: model name {spec.slug!r} is used twice; "
+                          "give one of them a distinct 'name'.")
+        specs[spec.slug] = spec
+    return specs
+
+
+def check(config: dict[str, Any]) -> dict[str, ModelSpec]:
+    """Resolve every name in the config against the registry; return the model specs."""
+    registry = get_registry(config.get("plugin_dirs") or [])
+    registry.get("datasets", config["dataset"]["name"])
+    specs = model_specs(config)
+    if len(specs) < 2:
+        raise KtError("the config names fewer than two models (zoo.models + models); "
+                      "complementarity needs at least a teacher and a student.")
+    for slug, spec in specs.items():
+        try:
+            source: ModelSource = registry.get("model_sources", spec.source)
+            source.check(spec)
+        except KtError as e:
+            raise KtError(f"config model {slug!r}: {e}") from None
+    for i, name in enumerate((config.get("transfer") or {}).get("strategies", [])):
+        try:
+            registry.get("strategies", name)
+        except KtError as e:
+            raise KtError(f"config key transfer.strategies[{i}]: {e}") from None
+    return specs

@@ -1,0 +1,165 @@
+"""Datasets and splits: sample ids, labels, class names, and uint8 image batches.
+
+A dataset plugin registers a factory ``factory(**options) -> Dataset``; the config's ``dataset``
+mapping names it (``name``) and passes the other keys as options, except ``subset``, which kt
+applies to any dataset (a stratified fraction or per-split count, as the paper's 10 % of train).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from kt.errors import KtError
+from kt.preprocess import Preprocessing, resize_uint8
+from kt.registry import Registry, get_registry
+
+SPLITS = ("train", "eval")
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 images, labels, positions
+
+
+@dataclass
+class Split:
+    """One split of a dataset. ``ids`` name the samples (stable across runs), ``labels`` are class
+    indices into ``classes``. Subclasses say how to produce uint8 (N, 3, H, W) images."""
+
+    name: str
+    ids: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """Hash of ids and labels in order: two files with equal fingerprints hold the same samples."""
+        h = hashlib.sha256()
+        h.update(np.asarray(self.ids).astype(str).astype("U").tobytes())
+        h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def take(self, positions: np.ndarray) -> Split:
+        """The samples at ``positions`` (in that order)."""
+        raise NotImplementedError
+
+    def batches(self, prep: Preprocessing, batch_size: int, positions: np.ndarray | None = None,
+                workers: int = 0) -> Iterator[Batch]:
+        """uint8 images resized/cropped as ``prep`` says, with labels and their positions."""
+        raise NotImplementedError
+
+
+@dataclass
+class TensorSplit(Split):
+    """A split held in memory as a uint8 (N, C, H, W) tensor (C = 1 or 3); batches are slices."""
+
+    images: torch.Tensor | None = None
+
+    def take(self, positions: np.ndarray) -> TensorSplit:
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        return replace(self, ids=self.ids[positions], labels=self.labels[positions], images=self.images[pos])
+
+    def batches(self, prep: Preprocessing, batch_size: int, positions: np.ndarray | None = None,
+                workers: int = 0) -> Iterator[Batch]:
+        order = torch.arange(len(self)) if positions is None else torch.as_tensor(positions, dtype=torch.long)
+        labels = torch.as_tensor(self.labels, dtype=torch.long)
+        for start in range(0, len(order), batch_size):
+            pos = order[start:start + batch_size]
+            images = self.images[pos].expand(-1, 3, -1, -1)
+            yield resize_uint8(images, prep.size, prep.crop_pct, prep.interpolation), labels[pos], pos
+
+
+class _Files(TorchDataset):
+    def __init__(self, paths: list[Path], prep: Preprocessing) -> None:
+        self.paths, self.prep = paths, prep
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        try:
+            image = decode_image(read_file(str(self.paths[i])), mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            raise KtError(f"cannot decode image {self.paths[i]}: {e}. Remove or replace the file.") from None
+        return resize_uint8(image, self.prep.size, self.prep.crop_pct, self.prep.interpolation)
+
+
+@dataclass
+class FileSplit(Split):
+    """A split of image files (``ids`` are paths relative to ``root``), decoded by loader workers."""
+
+    root: Path | None = None
+
+    def take(self, positions: np.ndarray) -> FileSplit:
+        return replace(self, ids=self.ids[positions], labels=self.labels[positions])
+
+    def batches(self, prep: Preprocessing, batch_size: int, positions: np.ndarray | None = None,
+                workers: int = 0) -> Iterator[Batch]:
+        order = np.arange(len(self)) if positions is None else np.asarray(positions)
+        files = _Files([self.root / str(self.ids[i]) for i in order], prep)
+        loader = DataLoader(files, batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available())
+        labels = torch.as_tensor(self.labels, dtype=torch.long)
+        for start, images in zip(range(0, len(order), batch_size), loader, strict=True):
+            pos = torch.as_tensor(order[start:start + batch_size])
+            yield images, labels[pos], pos
+
+
+class Dataset(Protocol):
+    classes: list[str]
+
+    def split(self, name: str) -> Split: ...
+
+
+DatasetFactory = Callable[..., Dataset]
+
+
+def stratified_subset(labels: np.ndarray, size: float | int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of a class-stratified subset: a fraction (0 < size <= 1) or a total count."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    total = int(round(size * n)) if isinstance(size, float) and size <= 1 else int(size)
+    if not 0 < total <= n:
+        raise KtError(f"subset size {size!r} selects {total} of {n} samples; use a fraction in (0, 1] "
+                      f"or a count between 1 and {n}.")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(counts * total / n).astype(int)
+    remainder = total - quota.sum()
+    if remainder:  # largest fractional parts first, ties broken by the seeded rng
+        frac = counts * total / n - quota
+        order = np.lexsort((rng.random(len(classes)), -frac))
+        quota[order[:remainder]] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota, strict=True)]
+    return np.sort(np.concatenate(picked))
+
+
+def load_split(dataset: dict[str, Any], split: str, registry: Registry | None = None) -> Split:
+    """The split ``split`` of the dataset a config ``dataset`` mapping describes, subset applied."""
+    if split not in SPLITS:
+        raise KtError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    options = dict(dataset)
+    name = options.pop("name", None)
+    if name is None:
+        raise KtError("config key dataset.name is missing; e.g. dataset: {name: fashion_mnist}.")
+    subset = options.pop("subset", {}) or {}
+    seed = options.pop("seed", 0)
+    factory = (registry or get_registry()).get("datasets", name)
+    try:
+        data = factory(**options)
+    except TypeError as e:
+        raise KtError(f"dataset {name!r} does not take these options {sorted(options)}: {e}.") from None
+    part = data.split(split)
+    if len(part) == 0:
+        raise KtError(f"dataset {name!r} split {split!r} is empty; check the dataset's folder.")
+    if subset.get(split) is not None:
+        part = part.take(stratified_subset(part.labels, subset[split], seed))
+    return part

@@ -1,0 +1,95 @@
+"""Run one model over one split and write its logits (and optionally features) to HDF5."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import kt
+from kt.errors import KtError
+from kt.artifacts import FORMAT_VERSION, LogitsWriter, atomic_path, open_h5, set_attrs
+from kt.data import load_split
+from kt.device import BatchBackoff, autocast, pick_device
+from kt.models import Classifier, ModelSpec, create_model
+from kt.preprocess import normalize
+from kt.registry import Registry
+
+log = logging.getLogger("kt")
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    return {"kt": kt.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "numpy": np.__version__}
+
+
+def prepare(model: Classifier, device: torch.device) -> Classifier:
+    """Eval mode on ``device``; channels_last on GPUs, where convolutions run faster in it."""
+    model = model.eval().to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Path, batch_size: int = 256,
+            device: str = "auto", features: bool = False, workers: int = 0,
+            registry: Registry | None = None) -> dict[str, Any]:
+    """Write ``out`` (atomically) and return its attrs."""
+    data = load_split(dataset, split, registry)
+    model = create_model(spec, data.classes, registry)
+    if int(data.labels.max()) >= model.num_classes:
+        raise KtError(f"dataset labels go up to {int(data.labels.max())} but model {spec.slug!r} "
+                                f"has {model.num_classes} classes; set num_classes or map the labels.")
+    dev = pick_device(device)
+    model = prepare(model, dev)
+    backoff = BatchBackoff(batch_size)
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = normalize(x.to(dev, non_blocking=True), model.preprocess)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(dev):
+            if features:
+                logits, feats = model.logits_and_features(x)
+                return logits.float().cpu(), feats.float().cpu()
+            return model(x).float().cpu(), None
+
+    correct, seen, busy = 0, 0, 0.0
+    with atomic_path(out) as tmp, open_h5(tmp, "w") as f, torch.inference_mode():
+        writer = None
+        bar = tqdm(total=len(data), desc=f"extract {spec.slug} [{split}]", unit="img", mininterval=2)
+        for images, labels, pos in data.batches(model.preprocess, batch_size, workers=workers):
+            t0 = time.perf_counter()
+            parts = backoff(run, images)
+            logits = torch.cat([p[0] for p in parts])
+            feats = torch.cat([p[1] for p in parts]) if features else None
+            busy += time.perf_counter() - t0
+            if writer is None:
+                writer = LogitsWriter(f, data.ids, data.labels, logits.shape[1],
+                                      feats.shape[1] if feats is not None else None)
+            writer.write(int(pos[0]), logits.numpy(), feats.numpy() if feats is not None else None)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+            bar.update(len(labels))
+        bar.close()
+        attrs = {
+            "format_version": FORMAT_VERSION, "kind": "logits", "model": spec.slug, "model_id": spec.id,
+            "model_spec": spec.to_dict(), "source": spec.source, "weights_origin": model.origin,
+            "preprocessing": model.preprocess.to_dict(), "num_classes": model.num_classes,
+            "classes": data.classes, "dataset": dataset, "split": split,
+            "dataset_fingerprint": data.fingerprint(), "num_samples": len(data),
+            "accuracy": 100.0 * correct / seen, "images_per_s": seen / max(busy, 1e-9),
+            "device": str(dev), "batch_size": backoff.size, "versions": versions(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        set_attrs(f, attrs)
+    log.info("%s: top-1 %.2f %% on %d %s images, %.0f img/s -> %s",
+             spec.slug, attrs["accuracy"], seen, split, attrs["images_per_s"], out)
+    return attrs

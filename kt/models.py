@@ -1,0 +1,162 @@
+"""Model ids, specs and the one classifier interface every model source returns.
+
+An id is ``SOURCE:NAME`` (``timm:resnet50.a1_in1k``, ``open_clip:ViT-B-32/laion2b_s34b_b79k``,
+``torchvision:resnet50/IMAGENET1K_V2``). A spec adds an optional local weight file, constructor
+arguments, a class count and preprocessing overrides; ``create_model`` turns it into a
+:class:`Classifier`.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kt.errors import KtError
+from kt.preprocess import Preprocessing
+from kt.registry import Registry, get_registry
+
+
+def slugify(text: str) -> str:
+    """A path- and wildcard-safe name: ``timm:resnet50.a1_in1k`` -> ``timm__resnet50_a1_in1k``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text.replace(":", "__", 1)).strip("_")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build one model; the config's ``models`` entries parse into this."""
+
+    id: str
+    weights: str | None = None
+    num_classes: int | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    pretrained: bool = True
+
+    def __post_init__(self) -> None:
+        if ":" not in self.id:
+            raise KtError(f"model id {self.id!r} has no source prefix; write SOURCE:NAME, "
+                          "e.g. timm:resnet50.a1_in1k, open_clip:ViT-B-32/laion2b_s34b_b79k, "
+                          "torchvision:resnet50/IMAGENET1K_V2.")
+
+    @property
+    def source(self) -> str:
+        return self.id.split(":", 1)[0]
+
+    @property
+    def arch(self) -> str:
+        return self.id.split(":", 1)[1]
+
+    @property
+    def slug(self) -> str:
+        return self.name or slugify(self.id)
+
+    @classmethod
+    def parse(cls, entry: str | dict[str, Any]) -> ModelSpec:
+        """From a config entry: a bare id string or a mapping with ``id`` and options."""
+        if isinstance(entry, str):
+            return cls(id=entry)
+        return cls(**entry)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {}, []) and k != "pretrained"} | (
+            {} if self.pretrained else {"pretrained": False})
+
+
+class Classifier(nn.Module):
+    """A model with one interface: ``forward`` gives logits, ``logits_and_features`` adds the
+    pooled features (the input of the final linear layer, captured by a hook)."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, preprocess: Preprocessing, num_classes: int,
+                 spec: ModelSpec, origin: str, classes: list[str] | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.preprocess = preprocess
+        self.num_classes = num_classes
+        self.spec = spec
+        self.origin = origin
+        self.classes = classes
+        self._captured: torch.Tensor | None = None
+        self._capture = False
+        head.register_forward_pre_hook(self._grab)
+
+    def _grab(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if self._capture:
+            self._captured = inputs[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._capture = True
+        try:
+            logits = self.body(x)
+            features = self._captured.flatten(1)
+        finally:
+            self._capture, self._captured = False, None
+        return logits, features
+
+
+class ModelSource(ABC):
+    """A plugin that turns ``SOURCE:NAME`` specs into classifiers."""
+
+    @abstractmethod
+    def known_models(self) -> list[str]:
+        """Names (after ``SOURCE:``) this source can build; used to validate ids and suggest fixes."""
+
+    @abstractmethod
+    def create(self, spec: ModelSpec, classes: list[str] | None) -> Classifier:
+        """Build the model, loading ``spec.weights`` when given; ``classes`` is the dataset's label space."""
+
+    def check(self, spec: ModelSpec) -> None:
+        """Fail fast on an unknown name, with the closest known ones."""
+        from kt.errors import closest
+
+        base = self.base_name(spec.arch)
+        known = self.known_models()
+        if base not in known:
+            raise KtError(f"model {spec.id!r}: {spec.source} has no model {base!r}."
+                          f"{closest(base, known)}")
+
+    def base_name(self, arch: str) -> str:
+        """The architecture part of the name, without a pretrained tag."""
+        return arch
+
+
+def weights_origin(spec: ModelSpec, hub: str) -> str:
+    """Where the weights came from, for the artifact attrs: a file, a hub name, or random init."""
+    if spec.weights:
+        return f"file:{Path(spec.weights).resolve()}"
+    return f"hub:{hub}" if spec.pretrained else "random init"
+
+
+def check_weights_file(spec: ModelSpec) -> Path | None:
+    if spec.weights is None:
+        return None
+    path = Path(spec.weights)
+    if not path.is_file():
+        raise KtError(f"model {spec.slug!r}: weight file {spec.weights!r} does not exist; "
+                      "fix the 'weights' path in the config (cluster nodes need it on a shared disk).")
+    return path
+
+
+def create_model(spec: ModelSpec | str | dict[str, Any], classes: list[str] | None = None,
+                 registry: Registry | None = None) -> Classifier:
+    """The one entry point: spec (or id) -> :class:`Classifier` in eval mode on the CPU."""
+    if not isinstance(spec, ModelSpec):
+        spec = ModelSpec.parse(spec)
+    registry = registry or get_registry()
+    source: ModelSource = registry.get("model_sources", spec.source)
+    source.check(spec)
+    check_weights_file(spec)
+    model = source.create(spec, classes)
+    if classes is not None and model.num_classes != len(classes):
+        raise KtError(f"model {spec.slug!r} predicts {model.num_classes} classes but the dataset has "
+                      f"{len(classes)}; set num_classes in its config entry (and load matching weights).")
+    return model.eval()

@@ -1,0 +1,139 @@
+"""Built-in datasets: ``fashion_mnist`` (Debian package, else torchvision download) and
+``imagefolder`` (ImageNet-style ``train/`` and ``val/`` folders of class sub-folders)."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import kt
+from kt.data import FileSplit, Split, TensorSplit
+from kt.errors import KtError
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "eval": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(folders: list[Path], stem: str) -> Path | None:
+    for folder in folders:
+        for name in (f"{stem}.gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+@dataclass
+class FashionMNIST:
+    """Fashion-MNIST: 60,000 train / 10,000 test 28x28 grey images, 10 classes (MIT licence)."""
+
+    root: str | None = None
+    download: bool = True
+    classes = FASHION_MNIST_CLASSES
+
+    def _folders(self) -> list[Path]:
+        folders = [Path(self.root)] if self.root else []
+        cache = Path(self.root or Path.home() / ".cache" / "kt")
+        return folders + [DEBIAN_FASHION_MNIST, cache / "FashionMNIST" / "raw"]
+
+    def split(self, name: str) -> Split:
+        images_stem, labels_stem = FILES[name]
+        if _find_idx(self._folders(), images_stem) is None and self.download:
+            self._download()
+        images_path = _find_idx(self._folders(), images_stem)
+        labels_path = _find_idx(self._folders(), labels_stem)
+        if images_path is None or labels_path is None:
+            raise KtError("Fashion-MNIST not found. Install it with `apt-get install dataset-fashion-mnist` "
+                          f"(files in {DEBIAN_FASHION_MNIST}), or put the four *-idx*-ubyte(.gz) files in a "
+                          "folder and set dataset.root to it, or allow network access for torchvision's "
+                          "download (dataset.download: true).")
+        images = torch.from_numpy(_read_idx(images_path).copy()).unsqueeze(1)
+        labels = _read_idx(labels_path).astype(np.int64)
+        return TensorSplit(name, np.arange(len(labels)), labels, list(self.classes), images=images)
+
+    def _download(self) -> None:
+        from torchvision.datasets import FashionMNIST as TVFashionMNIST
+
+        root = Path(self.root or Path.home() / ".cache" / "kt")
+        try:
+            for train in (True, False):
+                TVFashionMNIST(str(root), train=train, download=True)
+        except Exception:  # noqa: BLE001 - offline: the caller explains what to install
+            return
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageFolder:
+    """``root/train/<class>/*.jpg`` (the transfer set) and ``root/val/<class>/*.jpg`` (evaluation).
+    Class order comes from ``classes_file`` (one folder name per line, optionally a tab and a readable
+    name) or from the sorted folder names of the train split."""
+
+    root: str
+    train: str = "train"
+    eval: str = "val"
+    classes_file: str | None = None
+
+    def __post_init__(self) -> None:
+        root = Path(self.root)
+        if not root.is_dir():
+            raise KtError(f"dataset.root {self.root!r} is not a folder; point it at a folder holding "
+                          f"'{self.train}/' and '{self.eval}/'.")
+        if self.classes_file:
+            lines = [ln.rstrip("\n").split("\t") for ln in Path(self.classes_file).read_text().splitlines() if ln]
+            self.folders = [ln[0] for ln in lines]
+            self.classes = [ln[-1] for ln in lines]
+        else:
+            train = root / self.train
+            if not train.is_dir():
+                raise KtError(f"dataset folder {train} does not exist; create it or set dataset.train.")
+            self.folders = _class_folders(train)
+            self.classes = list(self.folders)
+        if not self.folders:
+            raise KtError(f"no class folders in {root / self.train}; expected {root / self.train}/<class>/*.jpg.")
+
+    def split(self, name: str) -> Split:
+        folder = Path(self.root) / (self.train if name == "train" else self.eval)
+        if not folder.is_dir():
+            raise KtError(f"dataset folder {folder} (split {name!r}) does not exist; "
+                          f"set dataset.{name} to the right sub-folder.")
+        unknown = set(_class_folders(folder)) - set(self.folders)
+        if unknown:
+            raise KtError(f"{folder} has class folders {sorted(unknown)[:5]} that are not in the label space "
+                          f"({self.classes_file or 'train folder names'}); remove them or list them.")
+        ids, labels = [], []
+        for label, cls in enumerate(self.folders):
+            for path in sorted((folder / cls).glob("*")) if (folder / cls).is_dir() else []:
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    ids.append(str(path.relative_to(folder)))
+                    labels.append(label)
+        return FileSplit(name, np.array(ids), np.array(labels, dtype=np.int64), list(self.classes), root=folder)
+
+
+@kt.hookimpl
+def register_datasets(register):
+    register("fashion_mnist", FashionMNIST)
+    register("imagefolder", ImageFolder)
+

@@ -1,0 +1,15 @@
+"""Built-in transfer strategies, registered through the same hook as third-party ones."""
+
+from functools import partial
+
+import kt
+from kt.strategies import KL, KLDP, XEKL, XEKLMCL
+
+
+@kt.hookimpl
+def register_strategies(register):
+    register("kl", KL)
+    register("xekl", XEKL)
+    register("kl_dp", KLDP)
+    register("kl_dp_unsup", partial(KLDP, supervised=False))
+    register("xekl_mcl", XEKLMCL)

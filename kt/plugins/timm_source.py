@@ -1,0 +1,48 @@
+"""The ``timm`` model source: ``timm:ARCH[.TAG]``; local files go through timm's pretrained-config
+overlay (``file=``), so a user's checkpoint loads exactly as a hub one would."""
+
+from __future__ import annotations
+
+import timm
+import timm.data
+
+import kt
+from kt.errors import KtError
+from kt.models import Classifier, ModelSource, ModelSpec, weights_origin
+from kt.preprocess import Preprocessing
+
+
+class TimmSource(ModelSource):
+    def known_models(self) -> list[str]:
+        return timm.list_models()
+
+    def base_name(self, arch: str) -> str:
+        return arch.split(".", 1)[0]
+
+    def create(self, spec: ModelSpec, classes: list[str] | None) -> Classifier:
+        kwargs = dict(spec.args)
+        if spec.num_classes is not None:
+            kwargs["num_classes"] = spec.num_classes
+        pretrained = spec.pretrained and (spec.weights is not None or "." in spec.arch)
+        if spec.weights is not None:
+            overlay = {"file": str(spec.weights)}
+            if spec.num_classes is not None:
+                overlay["num_classes"] = spec.num_classes
+            kwargs["pretrained_cfg_overlay"] = overlay
+        try:
+            model = timm.create_model(spec.arch, pretrained=pretrained, **kwargs)
+        except (RuntimeError, OSError, TypeError) as e:
+            raise KtError(f"model {spec.slug!r}: timm could not build {spec.arch!r} "
+                          f"({'weights ' + str(spec.weights) if spec.weights else 'hub weights'}): {e}. "
+                          "Check num_classes/args match the weight file, or set 'weights' to a local "
+                          "file when offline.") from None
+        cfg = timm.data.resolve_data_config({}, model=model)
+        prep = Preprocessing(size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                             interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]))
+        return Classifier(model, model.get_classifier(), prep.updated(spec.preprocess), model.num_classes,
+                          spec, weights_origin(spec, f"timm/{spec.arch}"), classes)
+
+
+@kt.hookimpl
+def register_model_sources(register):
+    register("timm", TimmSource())

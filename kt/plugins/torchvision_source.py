@@ -1,0 +1,67 @@
+"""The ``torchvision`` model source: ``torchvision:ARCH[/WEIGHTS_TAG]``; local weights are a
+state dict file (``weights:``), the tag then only supplies preprocessing and class names."""
+
+from __future__ import annotations
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+import kt
+from kt.errors import KtError
+from kt.models import Classifier, ModelSource, ModelSpec, weights_origin
+from kt.preprocess import Preprocessing
+
+
+def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a file, unwrapping the usual ``{"state_dict": ...}``/``{"model": ...}`` nests."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    return sd
+
+
+class TorchvisionSource(ModelSource):
+    def known_models(self) -> list[str]:
+        return tvm.list_models(module=tvm)
+
+    def base_name(self, arch: str) -> str:
+        return arch.split("/", 1)[0]
+
+    def create(self, spec: ModelSpec, classes: list[str] | None) -> Classifier:
+        name, _, tag = spec.arch.partition("/")
+        weights_enum = None
+        if tag:
+            try:
+                weights_enum = tvm.get_model_weights(name)[tag]
+            except KeyError:
+                known = [w.name for w in tvm.get_model_weights(name)]
+                raise KtError(f"model {spec.id!r}: torchvision has no weights {tag!r} for {name}; "
+                              f"known: {', '.join(known)}.") from None
+        kwargs = dict(spec.args)
+        if spec.num_classes is not None:
+            kwargs["num_classes"] = spec.num_classes
+        from_hub = weights_enum is not None and spec.weights is None and spec.pretrained
+        model = tvm.get_model(name, weights=weights_enum if from_hub else None, **kwargs)
+        if spec.weights is not None:
+            try:
+                model.load_state_dict(load_state_dict(spec.weights))
+            except RuntimeError as e:
+                raise KtError(f"model {spec.slug!r}: weight file {spec.weights} does not fit "
+                              f"torchvision {name} (check num_classes/args): {str(e)[:400]}") from None
+        prep = Preprocessing(crop_pct=0.875)
+        if weights_enum is not None:
+            t = weights_enum.transforms()
+            prep = Preprocessing(size=int(t.crop_size[0]), mean=tuple(t.mean), std=tuple(t.std),
+                                 interpolation=t.interpolation.value,
+                                 crop_pct=float(t.crop_size[0]) / float(t.resize_size[0]))
+            classes = classes or weights_enum.meta.get("categories")
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        return Classifier(model, head, prep.updated(spec.preprocess), head.out_features, spec,
+                          weights_origin(spec, f"torchvision/{spec.arch}"), classes)
+
+
+@kt.hookimpl
+def register_model_sources(register):
+    register("torchvision", TorchvisionSource())

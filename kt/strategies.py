@@ -1,0 +1,158 @@
+"""Transfer strategies: how the student's loss is built from the frozen models' logits.
+
+A strategy declares what it needs (teacher, frozen initial student ``s0``, labels) and computes a
+loss from logits that were all produced on the same augmented view; the training loop owns
+devices, AMP, seeding and checkpoints. Definitions follow Roth et al. (ICLR 2024), §4/§5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Outputs:
+    """Logits of one batch: the student being trained, the teacher and the frozen initial student."""
+
+    student: torch.Tensor
+    teacher: torch.Tensor | None = None
+    initial: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+
+def kl_div(student: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-sample KL(softmax(target/T) || softmax(student/T)) * T^2 (the T^2 keeps gradients T-invariant)."""
+    log_p_target = F.log_softmax(target.float() / temperature, dim=1)
+    log_p_student = F.log_softmax(student.float() / temperature, dim=1)
+    return (log_p_target.exp() * (log_p_target - log_p_student)).sum(1) * temperature**2
+
+
+def dp_mask(teacher: torch.Tensor, initial: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """True where the teacher is the target: it gives the true class a strictly higher probability
+    than the frozen initial student (supervised), or, without labels, a strictly higher top-1
+    confidence. Ties go to the initial student. Probabilities at T = 1."""
+    p_t, p_0 = F.softmax(teacher.float(), 1), F.softmax(initial.float(), 1)
+    if labels is None:
+        return p_t.max(1).values > p_0.max(1).values
+    return p_t.gather(1, labels[:, None])[:, 0] > p_0.gather(1, labels[:, None])[:, 0]
+
+
+@dataclass
+class Strategy:
+    """Base class; subclasses implement :meth:`loss`. Fields are settable from the config."""
+
+    temperature: float = 1.0
+    lr: float | None = None  # None: the loop's default (paper: 1e-4 x batch / 256)
+    needs_teacher: bool = field(default=True, init=False)
+    needs_initial: bool = field(default=False, init=False)
+    needs_labels: bool = field(default=False, init=False)
+
+    def loss(self, out: Outputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, student: torch.nn.Module, step: int) -> None:
+        """Hook for weight-level updates (e.g. slow weights); nothing by default."""
+
+    def eval_model(self, student: torch.nn.Module) -> torch.nn.Module:
+        """The weights to evaluate (and save): the student itself by default."""
+        return student
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (for resuming)."""
+
+
+@dataclass
+class KL(Strategy):
+    """``kl``: the teacher is the target on every sample."""
+
+    def loss(self, out: Outputs) -> torch.Tensor:
+        return kl_div(out.student, out.teacher, self.temperature).mean()
+
+
+@dataclass
+class XEKL(Strategy):
+    """``xekl``: alpha * KL + (1 - alpha) * cross-entropy on the labels (on logits)."""
+
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.needs_labels = True
+
+    def loss(self, out: Outputs) -> torch.Tensor:
+        kl = kl_div(out.student, out.teacher, self.temperature).mean()
+        return self.alpha * kl + (1 - self.alpha) * F.cross_entropy(out.student.float(), out.labels)
+
+
+@dataclass
+class KLDP(Strategy):
+    """``kl_dp`` / ``kl_dp_unsup``: per sample, the target is the teacher where it is more confident
+    than the frozen initial student (see :func:`dp_mask`), else the initial student. Pure KL: labels
+    only choose the partition, and ``supervised=False`` needs none."""
+
+    supervised: bool = True
+
+    def __post_init__(self) -> None:
+        self.needs_initial = True
+        self.needs_labels = self.supervised
+
+    def loss(self, out: Outputs) -> torch.Tensor:
+        mask = dp_mask(out.teacher, out.initial, out.labels if self.supervised else None)
+        target = torch.where(mask[:, None], out.teacher, out.initial)
+        return kl_div(out.student, target, self.temperature).mean()
+
+
+@dataclass
+class XEKLMCL(Strategy):
+    """``xekl_mcl``: the continual-learning baseline. alpha * KL + (1 - alpha) * CE with the KL term
+    skipped on samples the current student gets right and the teacher wrong (negative flips), and
+    slow weights ``slow <- tau * slow + (1 - tau) * fast`` every ``every`` steps, evaluated instead
+    of the fast student."""
+
+    alpha: float = 0.68
+    tau: float = 0.9999
+    every: int = 2
+    lr: float | None = 1e-2
+    slow: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.needs_labels = True
+
+    def loss(self, out: Outputs) -> torch.Tensor:
+        negative = (out.student.argmax(1) == out.labels) & (out.teacher.argmax(1) != out.labels)
+        kl = (kl_div(out.student, out.teacher, self.temperature) * (~negative)).mean()
+        return self.alpha * kl + (1 - self.alpha) * F.cross_entropy(out.student.float(), out.labels)
+
+    def after_step(self, student: torch.nn.Module, step: int) -> None:
+        state = student.state_dict()
+        if self.slow is None:
+            self.slow = {k: v.detach().clone() for k, v in state.items()}
+        if step % self.every:
+            return
+        with torch.no_grad():
+            for k, v in state.items():
+                if v.dtype.is_floating_point:
+                    self.slow[k].mul_(self.tau).add_(v.detach(), alpha=1 - self.tau)
+                else:
+                    self.slow[k].copy_(v)
+
+    def eval_model(self, student: torch.nn.Module) -> torch.nn.Module:
+        import copy
+
+        if self.slow is None:
+            return student
+        slow = copy.deepcopy(student)
+        slow.load_state_dict(self.slow)
+        return slow
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.slow = state.get("slow")

@@ -1,0 +1,68 @@
+"""Train the default zoo: small, diverse classifiers whose checkpoints are then loaded back through
+the ordinary model sources as local weight files (the path a user's own weights take).
+
+The paper's premise is that variations in architecture, augmentation, seed and schedule give models
+unique knowledge; the zoo varies all four.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from kt.artifacts import atomic_path
+from kt.augment import augment
+from kt.data import load_split
+from kt.models import ModelSpec, create_model
+from kt.preprocess import normalize
+
+log = logging.getLogger("kt")
+
+
+def train_zoo_model(spec: ModelSpec, dataset: dict[str, Any], out: str | Path, epochs: int = 1,
+                    lr: float = 2e-3, batch_size: int = 128, augmentation: str = "none", seed: int = 0,
+                    weight_decay: float = 0.05) -> dict[str, Any]:
+    """Train ``spec`` from scratch on the train split (AdamW, warm-up + cosine) and save its state dict."""
+    torch.manual_seed(seed)
+    data = load_split(dataset, "train")
+    model = create_model(replace(spec, weights=None, pretrained=False), data.classes).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(data) / batch_size)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    gen = torch.Generator().manual_seed(seed)
+    t0, correct, seen = time.perf_counter(), 0, 0
+    bar = tqdm(total=steps, desc=f"train {spec.slug}", unit="step", mininterval=5)
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=gen).numpy()
+        correct, seen = 0, 0
+        for images, labels, _pos in data.batches(model.preprocess, batch_size, positions=order):
+            x = normalize(augment(images, augmentation, gen), model.preprocess)
+            logits = model(x)
+            loss = F.cross_entropy(logits, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    with atomic_path(out) as tmp:
+        torch.save(model.body.state_dict(), tmp)
+    info = {"model": spec.slug, "epochs": epochs, "train_accuracy_last_epoch": 100.0 * correct / max(seen, 1),
+            "seconds": time.perf_counter() - t0, "params": int(sum(p.numel() for p in model.parameters())),
+            "augmentation": augmentation, "seed": seed}
+    log.info("trained %s: %s", spec.slug, info)
+    return info
+

@@ -1,0 +1,30 @@
+# Logits (and optionally pooled features) of every model on every split it is needed for.
+
+
+rule extract:
+    input:
+        weights=model_weights,
+    output:
+        logits=f"{RESULTS}/logits/{{split}}/{{model}}.h5",
+    params:
+        model=model_arg,
+        dataset=dataset_arg,
+        batch_size=config["extract"]["batch_size"],
+        workers=config["extract"]["workers"],
+        features="--features" if config["extract"]["features"] else "",
+        device=config["device"],
+        plugins=PLUGIN_ARGS,
+    log:
+        f"{RESULTS}/logs/extract/{{split}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract/{{split}}/{{model}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    shell:
+        "python -m kt {params.plugins} --threads {threads} extract --model {params.model} "
+        "--dataset {params.dataset} --split {wildcards.split} --batch-size {params.batch_size} "
+        "--workers {params.workers} --device {params.device} {params.features} "
+        "--out {output.logits} > {log} 2>&1"

@@ -1,0 +1,27 @@
+# The zoo: small diverse models trained from scratch; their checkpoints become local weight files.
+
+
+rule train_zoo:
+    output:
+        weights=f"{RESULTS}/zoo/{{zoo_model}}.pth",
+    params:
+        model=zoo_model_arg,
+        dataset=zoo_dataset_arg,
+        epochs=lambda w: ZOO[w.zoo_model]["epochs"],
+        lr=lambda w: ZOO[w.zoo_model]["lr"],
+        augment=lambda w: ZOO[w.zoo_model]["augment"],
+        seed=lambda w: ZOO[w.zoo_model]["seed"],
+        batch_size=config["zoo"]["batch_size"],
+        plugins=PLUGIN_ARGS,
+    log:
+        f"{RESULTS}/logs/zoo/{{zoo_model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/zoo/{{zoo_model}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "python -m kt {params.plugins} --threads {threads} train-zoo --model {params.model} "
+        "--dataset {params.dataset} --epochs {params.epochs} --lr {params.lr} --augment {params.augment} "
+        "--seed {params.seed} --batch-size {params.batch_size} --out {output.weights} > {log} 2>&1"
