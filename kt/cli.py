@@ -71,6 +71,35 @@ def cmd_train_zoo(args: argparse.Namespace) -> None:
                     batch_size=args.batch_size, augmentation=args.augment, seed=args.seed)
 
 
+def _settings(args: argparse.Namespace):
+    from kt.transfer import TransferSettings
+
+    try:
+        return TransferSettings(**(args.settings or {}))
+    except TypeError as e:
+        raise KtError(f"unknown transfer setting: {e}; see config.yaml's transfer section.") from None
+
+
+@command
+def cmd_transfer(args: argparse.Namespace) -> None:
+    """Train a student from a teacher with one strategy; write results/transfer/{strategy}/{pair}/."""
+    from kt.models import ModelSpec
+    from kt.transfer import transfer
+
+    transfer(ModelSpec.parse(args.teacher) if args.teacher else None, ModelSpec.parse(args.student),
+             args.strategy, args.dataset, args.out, _settings(args), cache=args.cache, registry=_registry(args))
+
+
+@command
+def cmd_cache_frozen(args: argparse.Namespace) -> None:
+    """Compute the teacher's and initial student's logits on fixed views of the transfer set once."""
+    from kt.models import ModelSpec
+    from kt.transfer import build_cache
+
+    build_cache(ModelSpec.parse(args.teacher), ModelSpec.parse(args.student), args.dataset, _settings(args),
+                args.out, registry=_registry(args))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kt", description=__doc__.splitlines()[0])
     p.add_argument("--plugin-dir", action="append", default=[], help="extra folder of plugin modules")
@@ -100,6 +129,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--augment", default="none")
     s.add_argument("--seed", type=int, default=0)
+    for name in ("transfer", "cache-frozen"):
+        s = add(name)
+        s.add_argument("--teacher", type=_json_arg, required=name == "cache-frozen", help="model id or JSON spec")
+        s.add_argument("--student", type=_json_arg, required=True, help="model id or JSON spec")
+        s.add_argument("--dataset", type=_json_arg, required=True, help='JSON, e.g. {"name": "fashion_mnist"}')
+        s.add_argument("--settings", type=_json_arg, default={}, help="JSON of kt.transfer.TransferSettings")
+        s.add_argument("--out", required=True, help="run folder (transfer) or cache file (cache-frozen)")
+    sub.choices["transfer"].add_argument("--strategy", required=True)
+    sub.choices["transfer"].add_argument("--cache", default=None, help="frozen-output cache file")
     return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ import torch
 from tqdm import tqdm
 
 import kt
-from kt.errors import KtError
 from kt.artifacts import FORMAT_VERSION, LogitsWriter, atomic_path, open_h5, set_attrs
-from kt.data import load_split
+from kt.data import Split, load_split
 from kt.device import BatchBackoff, autocast, pick_device
+from kt.errors import KtError
 from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import normalize
 from kt.registry import Registry
@@ -38,58 +39,91 @@ def prepare(model: Classifier, device: torch.device) -> Classifier:
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
-def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Path, batch_size: int = 256,
-            device: str = "auto", features: bool = False, workers: int = 0,
-            registry: Registry | None = None) -> dict[str, Any]:
-    """Write ``out`` (atomically) and return its attrs."""
-    data = load_split(dataset, split, registry)
-    model = create_model(spec, data.classes, registry)
-    if int(data.labels.max()) >= model.num_classes:
-        raise KtError(f"dataset labels go up to {int(data.labels.max())} but model {spec.slug!r} "
-                                f"has {model.num_classes} classes; set num_classes or map the labels.")
-    dev = pick_device(device)
-    model = prepare(model, dev)
-    backoff = BatchBackoff(batch_size)
+def predict(model: Classifier, data: Split, batch_size: int, device: torch.device, features: bool = False,
+            workers: int = 0, backoff: BatchBackoff | None = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Yield (positions, logits, features or None) on the CPU for every batch of ``data``, in order.
+
+    ``model`` must already be on ``device`` (see :func:`prepare`); inference mode, AMP on GPUs and
+    batch-size back-off on out-of-memory are handled here, once for every caller.
+    """
+    backoff = backoff or BatchBackoff(batch_size)
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = normalize(x.to(dev, non_blocking=True), model.preprocess)
-        if dev.type == "cuda":
+        x = normalize(x.to(device, non_blocking=True), model.preprocess)
+        if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(dev):
+        with autocast(device):
             if features:
                 logits, feats = model.logits_and_features(x)
                 return logits.float().cpu(), feats.float().cpu()
             return model(x).float().cpu(), None
 
-    correct, seen, busy = 0, 0, 0.0
-    with atomic_path(out) as tmp, open_h5(tmp, "w") as f, torch.inference_mode():
+    with torch.inference_mode():
+        for images, _labels, pos in data.batches(model.preprocess, batch_size, workers=workers):
+            parts = backoff(run, images)
+            yield (pos, torch.cat([p[0] for p in parts]),
+                   torch.cat([p[1] for p in parts]) if features else None)
+
+
+def logits_attrs(spec: ModelSpec, model: Classifier, data: Split, dataset: dict[str, Any],
+                 logits: np.ndarray | None = None) -> dict[str, Any]:
+    """The attrs every logits file carries (accuracy from ``logits`` when given)."""
+    attrs = {
+        "format_version": FORMAT_VERSION, "kind": "logits", "model": spec.slug, "model_id": spec.id,
+        "model_spec": spec.to_dict(), "source": spec.source, "weights_origin": model.origin,
+        "preprocessing": model.preprocess.to_dict(), "num_classes": model.num_classes,
+        "classes": data.classes, "dataset": dataset, "split": data.name,
+        "dataset_fingerprint": data.fingerprint(), "num_samples": len(data), "versions": versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if logits is not None:
+        attrs["accuracy"] = float((logits.argmax(1) == data.labels).mean() * 100)
+    return attrs
+
+
+def write_logits(out: str | Path, logits: np.ndarray, data: Split, attrs: dict[str, Any]) -> None:
+    """Write an in-memory logits array in the shared layout (atomically)."""
+    with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
+        LogitsWriter(f, data.ids, data.labels, logits.shape[1]).write(0, logits)
+        set_attrs(f, attrs)
+
+
+def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Path, batch_size: int = 256,
+            device: str = "auto", features: bool = False, workers: int = 0,
+            registry: Registry | None = None) -> dict[str, Any]:
+    """Write ``out`` (atomically, streaming row chunks) and return its attrs."""
+    data = load_split(dataset, split, registry)
+    model = create_model(spec, data.classes, registry)
+    if int(data.labels.max()) >= model.num_classes:
+        raise KtError(f"dataset labels go up to {int(data.labels.max())} but model {spec.slug!r} "
+                      f"has {model.num_classes} classes; set num_classes or map the labels.")
+    dev = pick_device(device)
+    model = prepare(model, dev)
+    backoff = BatchBackoff(batch_size)
+    correct, busy = 0, 0.0
+    with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
         writer = None
         bar = tqdm(total=len(data), desc=f"extract {spec.slug} [{split}]", unit="img", mininterval=2)
-        for images, labels, pos in data.batches(model.preprocess, batch_size, workers=workers):
+        batches = predict(model, data, batch_size, dev, features, workers, backoff)
+        while True:
             t0 = time.perf_counter()
-            parts = backoff(run, images)
-            logits = torch.cat([p[0] for p in parts])
-            feats = torch.cat([p[1] for p in parts]) if features else None
+            item = next(batches, None)
             busy += time.perf_counter() - t0
+            if item is None:
+                break
+            pos, logits, feats = item
             if writer is None:
                 writer = LogitsWriter(f, data.ids, data.labels, logits.shape[1],
                                       feats.shape[1] if feats is not None else None)
             writer.write(int(pos[0]), logits.numpy(), feats.numpy() if feats is not None else None)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-            bar.update(len(labels))
+            correct += int((logits.argmax(1).numpy() == data.labels[pos.numpy()]).sum())
+            bar.update(len(pos))
         bar.close()
-        attrs = {
-            "format_version": FORMAT_VERSION, "kind": "logits", "model": spec.slug, "model_id": spec.id,
-            "model_spec": spec.to_dict(), "source": spec.source, "weights_origin": model.origin,
-            "preprocessing": model.preprocess.to_dict(), "num_classes": model.num_classes,
-            "classes": data.classes, "dataset": dataset, "split": split,
-            "dataset_fingerprint": data.fingerprint(), "num_samples": len(data),
-            "accuracy": 100.0 * correct / seen, "images_per_s": seen / max(busy, 1e-9),
-            "device": str(dev), "batch_size": backoff.size, "versions": versions(),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        attrs = logits_attrs(spec, model, data, dataset) | {
+            "accuracy": 100.0 * correct / len(data), "images_per_s": len(data) / max(busy, 1e-9),
+            "device": str(dev), "batch_size": backoff.size}
         set_attrs(f, attrs)
     log.info("%s: top-1 %.2f %% on %d %s images, %.0f img/s -> %s",
-             spec.slug, attrs["accuracy"], seen, split, attrs["images_per_s"], out)
+             spec.slug, attrs["accuracy"], len(data), split, attrs["images_per_s"], out)
     return attrs

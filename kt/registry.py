@@ -62,7 +62,8 @@ class Registry:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as e:
-            raise KtError(f"plugin {e.plugin_name!r} ({self.origins.get(e.plugin_name, '?')}) implements "
+            name = self.pm.get_name(e.plugin) or repr(e.plugin)
+            raise KtError(f"plugin {name!r} ({self.origins.get(name, '?')}) implements "
                           f"an unknown hook: {e}. Known hooks: "
                           f"{', '.join(h for h, _ in KINDS.values())}.") from None
         self._collect()
@@ -92,7 +93,7 @@ class Registry:
     def _collect(self) -> None:
         for kind, (hook, noun) in KINDS.items():
             table: dict[str, _Entry] = {}
-            for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            for impl in getattr(self.pm.hook, hook).get_hookimpls():
                 def register(name: str, obj: Any, _plugin: str = impl.plugin_name,
                              _table: dict = table, _noun: str = noun) -> None:
                     if name in _table:

@@ -50,9 +50,13 @@ class Strategy:
     needs_teacher: bool = field(default=True, init=False)
     needs_initial: bool = field(default=False, init=False)
     needs_labels: bool = field(default=False, init=False)
+    last_mask: torch.Tensor | None = field(default=None, init=False, repr=False)  # where the teacher was the target
 
     def loss(self, out: Outputs) -> torch.Tensor:
         raise NotImplementedError
+
+    def setup(self, student: torch.nn.Module) -> None:
+        """Called once before training (also after resuming) with the initial student."""
 
     def after_step(self, student: torch.nn.Module, step: int) -> None:
         """Hook for weight-level updates (e.g. slow weights); nothing by default."""
@@ -104,6 +108,7 @@ class KLDP(Strategy):
 
     def loss(self, out: Outputs) -> torch.Tensor:
         mask = dp_mask(out.teacher, out.initial, out.labels if self.supervised else None)
+        self.last_mask = mask
         target = torch.where(mask[:, None], out.teacher, out.initial)
         return kl_div(out.student, target, self.temperature).mean()
 
@@ -129,12 +134,14 @@ class XEKLMCL(Strategy):
         kl = (kl_div(out.student, out.teacher, self.temperature) * (~negative)).mean()
         return self.alpha * kl + (1 - self.alpha) * F.cross_entropy(out.student.float(), out.labels)
 
-    def after_step(self, student: torch.nn.Module, step: int) -> None:
-        state = student.state_dict()
+    def setup(self, student: torch.nn.Module) -> None:
         if self.slow is None:
-            self.slow = {k: v.detach().clone() for k, v in state.items()}
+            self.slow = {k: v.detach().clone() for k, v in student.state_dict().items()}
+
+    def after_step(self, student: torch.nn.Module, step: int) -> None:
         if step % self.every:
             return
+        state = student.state_dict()
         with torch.no_grad():
             for k, v in state.items():
                 if v.dtype.is_floating_point:

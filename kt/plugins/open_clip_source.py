@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import open_clip
 import torch
-from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+from open_clip.zero_shot_metadata import (
+    IMAGENET_CLASSNAMES,
+    OPENAI_IMAGENET_TEMPLATES,
+    SIMPLE_IMAGENET_TEMPLATES,
+)
 from torch import nn
 
 import kt

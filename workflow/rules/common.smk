@@ -2,6 +2,7 @@
 
 import json
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -20,6 +21,9 @@ except KtError as e:
 RESULTS = config["results"]
 ZOO = {m["name"]: m for m in config["zoo"].get("models", [])}
 PLUGIN_ARGS = " ".join(f"--plugin-dir {shlex.quote(d)}" for d in config["plugin_dirs"])
+# The interpreter running Snakemake has kt installed (this file imports it): jobs use the same one,
+# so `.venv/bin/snakemake` works without activating the venv (and on cluster nodes sharing the path).
+KT = f"{shlex.quote(sys.executable)} -m kt {PLUGIN_ARGS}"
 
 
 wildcard_constraints:

@@ -13,7 +13,6 @@ rule extract:
         workers=config["extract"]["workers"],
         features="--features" if config["extract"]["features"] else "",
         device=config["device"],
-        plugins=PLUGIN_ARGS,
     log:
         f"{RESULTS}/logs/extract/{{split}}/{{model}}.log",
     benchmark:
@@ -24,7 +23,7 @@ rule extract:
         runtime=60,
         gpu=1,
     shell:
-        "python -m kt {params.plugins} --threads {threads} extract --model {params.model} "
+        "{KT} --threads {threads} extract --model {params.model} "
         "--dataset {params.dataset} --split {wildcards.split} --batch-size {params.batch_size} "
         "--workers {params.workers} --device {params.device} {params.features} "
         "--out {output.logits} > {log} 2>&1"

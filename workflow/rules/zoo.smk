@@ -12,7 +12,6 @@ rule train_zoo:
         augment=lambda w: ZOO[w.zoo_model]["augment"],
         seed=lambda w: ZOO[w.zoo_model]["seed"],
         batch_size=config["zoo"]["batch_size"],
-        plugins=PLUGIN_ARGS,
     log:
         f"{RESULTS}/logs/zoo/{{zoo_model}}.log",
     benchmark:
@@ -22,6 +21,6 @@ rule train_zoo:
         mem_mb=2000,
         runtime=60,
     shell:
-        "python -m kt {params.plugins} --threads {threads} train-zoo --model {params.model} "
+        "{KT} --threads {threads} train-zoo --model {params.model} "
         "--dataset {params.dataset} --epochs {params.epochs} --lr {params.lr} --augment {params.augment} "
         "--seed {params.seed} --batch-size {params.batch_size} --out {output.weights} > {log} 2>&1"

@@ -1,0 +1,34 @@
+# Two entry points: `make run` (the embedded default, end to end) and `make test`.
+# Both set up everything first: a venv in .venv and Debian's Fashion-MNIST package.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+CORES ?= all
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup data run test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,slurm]'
+	touch $@
+
+data:
+	@bash scripts/install-data.sh
+
+run: setup data
+	$(BIN)/snakemake --cores $(CORES)
+
+test: setup data
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
+
+clean:
+	rm -rf results .snakemake

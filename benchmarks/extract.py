@@ -1,0 +1,209 @@
+"""Benchmark: images/s of ``kt extract`` against a bare ``model(x)`` loop on the same tensors.
+
+Real data: the Fashion-MNIST eval split (10,000 images, or a stratified ``--samples`` subset) loaded
+with ``kt.data.load_split``. For each model and batch size it times
+
+* kt: the whole ``kt.extract.extract(spec, dataset, "eval", tmp.h5, batch_size=B)`` call, wall-clock
+  (loading the split, building the model and loading its weights, resizing, normalising, the
+  forward passes, the HDF5 writing), and also reports the ``images_per_s`` attr the call records
+  (which times only its forward part: normalisation, ``model(x)`` and the copy back);
+* bare: every image already resized and normalised into one float tensor beforehand, then
+  ``with torch.inference_mode(): for batch: model(x)`` with the same model (eval mode), weights and
+  batch size.
+
+Both are warmed up first, then repeated (interleaved, best of ``--repeats``) under the same
+``torch.set_num_threads``. The ratio kt wall / bare should be >= 0.9: the loader must not be the
+bottleneck. The logits kt wrote are checked against the bare loop's (max abs difference).
+
+Models without ``weights`` get seeded random weights saved to a temporary file, and the spec then
+names that file, so kt loads them exactly as the baseline does. Usage::
+
+    .venv/bin/python benchmarks/extract.py                        # two default models, ~1-2 minutes
+    .venv/bin/python benchmarks/extract.py --samples 2000 --batch-size 64 --batch-size 256
+    .venv/bin/python benchmarks/extract.py --model '{"id": "timm:resnet18", "num_classes": 10, ...}'
+    .venv/bin/python benchmarks/extract.py --profile              # cProfile one kt call per model
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kt.artifacts import read_logits
+from kt.data import Split, load_split
+from kt.extract import extract, prepare
+from kt.models import Classifier, ModelSpec, create_model
+from kt.preprocess import normalize
+
+FMNIST_PREP = {"size": 28, "mean": [0.286] * 3, "std": [0.353] * 3, "crop_pct": 1.0}
+TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "stem_width": 16, "stem_type": "deep"}
+DEFAULT_MODELS: list[dict[str, Any]] = [
+    # the workflow's student-sized ResNet at Fashion-MNIST's native 28 px: no resizing in kt's path
+    {"id": "timm:resnet18", "name": "resnet_tiny_28", "args": TINY_RESNET, "num_classes": 10,
+     "pretrained": False, "preprocess": FMNIST_PREP},
+    # the same at 64 px: 5x the compute, and kt's path includes the antialiased uint8 resize
+    {"id": "timm:resnet18", "name": "resnet_tiny_64", "args": TINY_RESNET, "num_classes": 10,
+     "pretrained": False, "preprocess": FMNIST_PREP | {"size": 64}},
+]
+
+
+def parse_model(text: str) -> dict[str, Any]:
+    """A JSON spec (``{"id": ...}``) or a bare ``SOURCE:NAME`` id."""
+    return json.loads(text) if text.lstrip().startswith("{") else {"id": text}
+
+
+def with_weights(entry: dict[str, Any], classes: list[str], folder: Path, seed: int) -> ModelSpec:
+    """The spec, pointing at a file of seeded random weights when it names none."""
+    spec = ModelSpec.parse(entry)
+    if spec.weights is not None:
+        return spec
+    torch.manual_seed(seed)
+    model = create_model(replace(spec, pretrained=False), classes)
+    path = folder / f"{spec.slug}.pth"
+    torch.save(model.body.state_dict(), path)
+    return replace(spec, weights=str(path), pretrained=True)  # timm loads a file only when pretrained
+
+
+def preprocessed(data: Split, model: Classifier, chunk: int = 1024) -> torch.Tensor:
+    """Every image of ``data`` resized and normalised for ``model``: one contiguous float tensor."""
+    parts = [normalize(images, model.preprocess) for images, _, _ in data.batches(model.preprocess, chunk)]
+    return torch.cat(parts).contiguous()
+
+
+def bare_loop(model: Classifier, x: torch.Tensor, batch_size: int, limit: int | None = None) -> float:
+    """Seconds for ``model(x)`` over ``x`` in batches (the first ``limit`` images when given)."""
+    n = len(x) if limit is None else min(limit, len(x))
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            model(x[start:start + batch_size])
+    return time.perf_counter() - t0
+
+
+def bare_logits(model: Classifier, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]).numpy()
+
+
+def kt_call(spec: ModelSpec, dataset: dict[str, Any], out: Path, batch_size: int) -> tuple[float, dict[str, Any]]:
+    t0 = time.perf_counter()
+    attrs = extract(spec, dataset, "eval", out, batch_size=batch_size, device="cpu")
+    return time.perf_counter() - t0, attrs
+
+
+def profile_kt(spec: ModelSpec, dataset: dict[str, Any], out: Path, batch_size: int, top: int) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    kt_call(spec, dataset, out, batch_size)
+    prof.disable()
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf).strip_dirs()
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return cpu
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", type=parse_model, default=None,
+                    help="JSON spec or SOURCE:NAME id (repeatable); default: two tiny timm ResNets (28 and 64 px)")
+    ap.add_argument("--samples", type=int, default=None, help="stratified subset of the 10,000 eval images")
+    ap.add_argument("--batch-size", type=int, action="append", default=None, help="repeatable; default 256")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each side (best is reported)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    ap.add_argument("--target", type=float, default=0.9, help="ratio kt wall / bare to reach")
+    ap.add_argument("--profile", action="store_true", help="also cProfile one kt call per model and batch size")
+    ap.add_argument("--profile-top", type=int, default=25)
+    ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    args = ap.parse_args()
+    entries = args.model or DEFAULT_MODELS
+    batch_sizes = args.batch_size or [256]
+    torch.set_num_threads(args.threads)
+
+    dataset: dict[str, Any] = {"name": "fashion_mnist"}
+    if args.samples is not None:
+        dataset["subset"] = {"eval": args.samples}
+    data = load_split(dataset, "eval")
+    rows, profiles = [], []
+    info = {"cpu": machine(), "cpus": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "samples": len(data),
+            "repeats": args.repeats, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "loadavg_before": list(os.getloadavg())}
+
+    with tempfile.TemporaryDirectory(prefix="kt-bench-extract-") as tmp:
+        folder = Path(tmp)
+        for entry in entries:
+            spec = with_weights(entry, data.classes, folder, args.seed)
+            model = prepare(create_model(spec, data.classes), torch.device("cpu"))
+            x = preprocessed(data, model)
+            out = folder / f"{spec.slug}.h5"
+            for bs in batch_sizes:
+                # warm-up: imports, allocator, oneDNN primitives for this batch shape
+                kt_call(spec, {"name": "fashion_mnist", "subset": {"eval": min(len(data), 2 * bs)}}, out, bs)
+                bare_loop(model, x, bs, limit=2 * bs)
+                kt_wall, kt_attr, bare = [], [], []
+                for _ in range(args.repeats):  # interleaved, so background load hits both sides alike
+                    bare.append(len(x) / bare_loop(model, x, bs))
+                    seconds, attrs = kt_call(spec, dataset, out, bs)
+                    kt_wall.append(len(data) / seconds)
+                    kt_attr.append(float(attrs["images_per_s"]))
+                diff = float(np.abs(read_logits(out).logits - bare_logits(model, x, bs)).max())
+                row = {"model": spec.slug, "size": model.preprocess.size, "batch_size": bs, "samples": len(data),
+                       "kt_wall_img_s": max(kt_wall), "kt_attr_img_s": max(kt_attr), "bare_img_s": max(bare),
+                       "ratio_wall": max(kt_wall) / max(bare), "ratio_attr": max(kt_attr) / max(bare),
+                       "max_abs_logit_diff": diff, "runs": {"kt_wall": kt_wall, "kt_attr": kt_attr, "bare": bare}}
+                rows.append(row)
+                if args.profile:
+                    profiles.append((f"{spec.slug} batch {bs}", profile_kt(spec, dataset, out, bs, args.profile_top)))
+    info["loadavg_after"] = list(os.getloadavg())
+
+    if args.json:
+        print(json.dumps({"machine": info, "results": rows}, indent=2))
+    else:
+        print(f"# {info['cpu']}, {info['cpus']} CPUs, torch {info['torch']}, {info['threads']} threads, "
+              f"{info['samples']} Fashion-MNIST eval images, best of {args.repeats}; "
+              f"load average {info['loadavg_before'][0]:.2f} -> {info['loadavg_after'][0]:.2f}")
+        head = ("model", "px", "batch", "kt img/s (wall)", "kt img/s (attr)", "bare img/s", "wall/bare",
+                "attr/bare", "max|dlogit|")
+        print(" | ".join(head))
+        for r in rows:
+            print(f"{r['model']} | {r['size']} | {r['batch_size']} | {r['kt_wall_img_s']:.0f} | "
+                  f"{r['kt_attr_img_s']:.0f} | {r['bare_img_s']:.0f} | {r['ratio_wall']:.3f} | "
+                  f"{r['ratio_attr']:.3f} | {r['max_abs_logit_diff']:.1e}")
+        below = [r for r in rows if r["ratio_wall"] < args.target]
+        print(f"target wall/bare >= {args.target}: " + ("met" if not below else
+              "NOT met for " + ", ".join(f"{r['model']}@{r['batch_size']}" for r in below)))
+    for title, text in profiles:
+        print(f"\n## cProfile of one kt extract call: {title}\n{text}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

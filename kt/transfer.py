@@ -1,0 +1,276 @@
+"""The one training loop for (teacher, student, strategy): transfer, evaluation before/after,
+per-epoch metrics, resumable checkpoints, and the optional frozen-output cache.
+
+Every model sees the same augmented view: images are decoded once at the student's resolution
+(uint8), augmented by a seeded :class:`~kt.augment.AugmentPlan`, resized for a teacher of another
+input size, and normalised per model with its own mean/std.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm import tqdm
+
+from kt.artifacts import atomic_path, open_h5, set_attrs
+from kt.augment import AugmentPlan
+from kt.data import Split, load_split
+from kt.device import autocast, pick_device
+from kt.errors import KtError
+from kt.extract import logits_attrs, predict, prepare, write_logits
+from kt.models import Classifier, ModelSpec, create_model
+from kt.preprocess import normalize, resize_uint8
+from kt.registry import Registry, get_registry
+from kt.strategies import Outputs, Strategy
+
+log = logging.getLogger("kt")
+
+
+@dataclass
+class TransferSettings:
+    """Training settings; defaults follow the paper (SGD, momentum 0.9, wd 1e-4, lr 1e-4 x batch/256)."""
+
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    augment: str = "flip_crop"
+    seed: int = 0
+    eval_every: int = 1
+    cache_views: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 512
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def learning_rate(self, strategy: Strategy) -> float:
+        """Strategy's own lr (e.g. XE-KL+MCL's 1e-2), else the setting, else 1e-4 x batch / 256."""
+        return strategy.lr or self.lr or 1e-4 * self.batch_size / 256
+
+    def digest(self) -> str:
+        skip = {"device", "eval_batch_size"}
+        return hashlib.sha256(json.dumps({k: v for k, v in asdict(self).items() if k not in skip},
+                                         sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_strategy(name: str, options: dict[str, Any], registry: Registry) -> Strategy:
+    factory = registry.get("strategies", name)
+    try:
+        return factory(**options)
+    except TypeError as e:
+        raise KtError(f"strategy {name!r} does not accept options {sorted(options)} "
+                      f"(config key transfer.options.{name}): {e}.") from None
+
+
+def view_for(model: Classifier, images: torch.Tensor) -> torch.Tensor:
+    """The student-resolution view, resized for a model of another input size, normalised for it."""
+    prep = model.preprocess
+    if images.shape[-1] != prep.size:
+        images = resize_uint8(images, prep.size, 1.0, prep.interpolation)
+    return normalize(images, prep)
+
+
+class FrozenLogits:
+    """Logits of the frozen models (teacher, initial student) for a batch: computed online, or read
+    from the frozen-output cache built by :func:`build_cache`."""
+
+    def __init__(self, teacher: Classifier | None, initial: Classifier | None, device: torch.device,
+                 cache: dict[str, torch.Tensor] | None = None) -> None:
+        self.models = {"teacher": teacher, "initial": initial}
+        self.device, self.cache = device, cache
+
+    def __call__(self, name: str, images: torch.Tensor, pos: torch.Tensor, view: int) -> torch.Tensor | None:
+        model = self.models[name]
+        if model is None:
+            return None
+        if self.cache is not None:
+            return self.cache[name][view, pos].to(self.device)
+        with torch.no_grad(), autocast(self.device):
+            return model(view_for(model, images)).float()
+
+
+def _frozen(model: Classifier | None) -> Classifier | None:
+    if model is not None:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def evaluate(model: Classifier, data: Split, settings: TransferSettings, device: torch.device) -> np.ndarray:
+    """Eval-split logits (N, C) as float32."""
+    was_training = model.training
+    model.eval()
+    out = np.empty((len(data), model.num_classes), dtype=np.float32)
+    for pos, logits, _ in predict(model, data, settings.eval_batch_size, device):
+        out[pos.numpy()] = logits.numpy()
+    model.train(was_training)
+    return out
+
+
+def build_cache(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any], settings: TransferSettings,
+                out: str | Path, registry: Registry | None = None) -> None:
+    """Frozen-output cache: teacher and initial-student logits on ``cache_views`` seeded views of the
+    transfer set, shared by every strategy of the pair. Safe for short schedules; long schedules
+    overfit to the fixed views (see README)."""
+    registry = registry or get_registry()
+    views = settings.cache_views
+    if views < 1:
+        raise KtError("transfer.cache_views must be >= 1 to build a frozen-output cache.")
+    train = load_split(dataset, "train", registry)
+    dev = pick_device(settings.device)
+    models = {"teacher": prepare(create_model(teacher, train.classes, registry), dev),
+              "initial": prepare(create_model(student, train.classes, registry), dev)}
+    size = models["initial"].preprocess
+    with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
+        arrays = {k: f.create_dataset(k, shape=(views, len(train), m.num_classes), dtype=np.float32)
+                  for k, m in models.items()}
+        for view in range(views):
+            plan = AugmentPlan.make(settings.augment, len(train), settings.seed * 1000 + view)
+            for images, _labels, pos in tqdm(train.batches(size, settings.eval_batch_size),
+                                             desc=f"cache view {view}", mininterval=5):
+                images = plan.apply(images, pos).to(dev)
+                with torch.inference_mode(), autocast(dev):
+                    for name, model in models.items():
+                        arrays[name][view, pos.numpy()] = model(view_for(model, images)).float().cpu().numpy()
+        set_attrs(f, {"kind": "frozen_cache", "teacher": teacher.slug, "student": student.slug,
+                      "views": views, "augment": settings.augment, "seed": settings.seed,
+                      "dataset_fingerprint": train.fingerprint()})
+
+
+def load_cache(path: str | Path, teacher: ModelSpec, student: ModelSpec, train: Split,
+               settings: TransferSettings) -> dict[str, torch.Tensor]:
+    with open_h5(path) as f:
+        attrs = dict(f.attrs)
+        expected = {"teacher": teacher.slug, "student": student.slug, "views": settings.cache_views,
+                    "augment": settings.augment, "seed": settings.seed, "dataset_fingerprint": train.fingerprint()}
+        wrong = {k: (attrs.get(k), v) for k, v in expected.items() if attrs.get(k) != v}
+        if wrong:
+            raise KtError(f"frozen-output cache {path} does not match this transfer ({wrong}); delete it so "
+                          "the workflow rebuilds it.")
+        return {k: torch.from_numpy(f[k][:]) for k in ("teacher", "initial")}
+
+
+def transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
+             out_dir: str | Path, settings: TransferSettings | None = None, cache: str | Path | None = None,
+             registry: Registry | None = None) -> pl.DataFrame:
+    """Train ``student`` from ``teacher`` with a strategy; write the run folder; return per-epoch metrics.
+
+    Folder: ``student.pth`` (weights evaluated), ``eval_before.h5``/``eval_after.h5`` (logits layout),
+    ``metrics.parquet`` (per epoch), ``config.json``; ``state.pt`` (resume point) while running.
+    """
+    settings = settings or TransferSettings()
+    registry = registry or get_registry()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    strategy = make_strategy(strategy_name, settings.options, registry)
+    pair = f"{teacher.slug if teacher else '-'} -> {student.slug} [{strategy_name}]"
+    torch.manual_seed(settings.seed)
+    dev = pick_device(settings.device)
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    train, evald = load_split(dataset, "train", registry), load_split(dataset, "eval", registry)
+    model = prepare(create_model(student, train.classes, registry), dev)
+    initial = _frozen(copy.deepcopy(model)) if strategy.needs_initial else None
+    teach = _frozen(prepare(create_model(teacher, train.classes, registry), dev)) if strategy.needs_teacher else None
+    if strategy.needs_teacher and teacher is None:
+        raise KtError(f"strategy {strategy_name!r} needs a teacher; give one.")
+    frozen = FrozenLogits(teach, initial, dev, load_cache(cache, teacher, student, train, settings) if cache else None)
+    lr = settings.learning_rate(strategy)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    config = {"teacher": teacher.to_dict() if teacher else None, "student": student.to_dict(),
+              "strategy": strategy_name, "settings": asdict(settings), "lr": lr, "dataset": dataset,
+              "cache": str(cache) if cache else None, "digest": settings.digest()}
+
+    state_path = out / "state.pt"
+    history: list[dict[str, Any]] = []
+    start_epoch, step = 0, 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["digest"] != settings.digest() or state["pair"] != pair:
+            raise KtError(f"{state_path} was written with other settings; delete it to restart {pair}.")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        strategy.load_state_dict(state["strategy"])
+        torch.set_rng_state(state["rng"])
+        history, start_epoch, step = state["history"], state["epoch"], state["step"]
+        log.info("resuming %s from epoch %d", pair, start_epoch)
+    else:
+        before = evaluate(model, evald, settings, dev)
+        write_logits(out / "eval_before.h5", before, evald, logits_attrs(student, model, evald, dataset, before))
+        history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "teacher_share": float("nan"),
+                        "eval_accuracy": float((before.argmax(1) == evald.labels).mean() * 100), "seconds": 0.0})
+    strategy.setup(model)
+
+    labels_all = torch.as_tensor(train.labels)
+    for epoch in range(start_epoch, settings.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
+        order = torch.randperm(len(train), generator=gen).numpy()
+        view = epoch % settings.cache_views if cache else epoch
+        plan = AugmentPlan.make(settings.augment, len(train), settings.seed * 1000 + view)
+        model.train()
+        losses, shares = [], []
+        for images, _labels, pos in tqdm(train.batches(model.preprocess, settings.batch_size, positions=order),
+                                         desc=f"{pair} epoch {epoch + 1}", mininterval=5,
+                                         total=-(-len(train) // settings.batch_size)):
+            images = plan.apply(images, pos).to(dev, non_blocking=True)
+            labels = labels_all[pos].to(dev)
+            outputs = Outputs(student=None, teacher=frozen("teacher", images, pos, view),
+                              initial=frozen("initial", images, pos, view), labels=labels)
+            with autocast(dev):
+                outputs.student = model(view_for(model, images))
+            loss = strategy.loss(outputs)
+            if not torch.isfinite(loss):
+                raise KtError(f"non-finite loss ({loss.item()}) in {pair} at epoch {epoch + 1}, step {step + 1}; "
+                              f"lower the learning rate (now {lr:g}) or check the models' logits.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            strategy.after_step(model, step)
+            losses.append(loss.item())
+            if strategy.last_mask is not None:
+                shares.append(float(strategy.last_mask.float().mean()))
+        row = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
+               "teacher_share": float(np.mean(shares)) if shares else float("nan"),
+               "eval_accuracy": float("nan"), "seconds": time.perf_counter() - t0}
+        if settings.eval_every and ((epoch + 1) % settings.eval_every == 0) and epoch + 1 < settings.epochs:
+            logits = evaluate(strategy.eval_model(model), evald, settings, dev)
+            row["eval_accuracy"] = float((logits.argmax(1) == evald.labels).mean() * 100)
+        history.append(row)
+        log.info("%s epoch %d: loss %.4f, eval %.2f %%", pair, epoch + 1, row["train_loss"], row["eval_accuracy"])
+        save_state(state_path, {"digest": settings.digest(), "pair": pair, "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "strategy": strategy.state_dict(),
+                                "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1, "step": step})
+
+    final = strategy.eval_model(model)
+    after = evaluate(final, evald, settings, dev)
+    history[-1]["eval_accuracy"] = float((after.argmax(1) == evald.labels).mean() * 100)
+    write_logits(out / "eval_after.h5", after, evald, logits_attrs(student, final, evald, dataset, after)
+                 | {"transfer": json.dumps(config)})
+    with atomic_path(out / "student.pth") as tmp:
+        torch.save(final.body.state_dict(), tmp)
+    metrics = pl.DataFrame(history).with_columns(
+        pl.lit(strategy_name).alias("strategy"), pl.lit(teacher.slug if teacher else None).alias("teacher"),
+        pl.lit(student.slug).alias("student"))
+    with atomic_path(out / "metrics.parquet") as tmp:
+        metrics.write_parquet(tmp)
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+    state_path.unlink(missing_ok=True)
+    return metrics
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """The resume point, written atomically once per epoch."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

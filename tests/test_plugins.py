@@ -1,0 +1,269 @@
+"""The plugin registry: code plugins, plugin folders, the ``kt plugins`` command, and the errors for
+misspelled hooks, duplicate names and unknown names."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import kt
+from kt.data import load_split
+from kt.errors import KtError
+from kt.models import Classifier, ModelSource, ModelSpec, create_model
+from kt.preprocess import Preprocessing
+from kt.registry import BUILTIN_PLUGINS, Registry, get_registry
+
+
+class FakeSource(ModelSource):
+    """Builds a linear classifier on 4x4 images; ``fake:anything`` and ``fake:other`` are known."""
+
+    def known_models(self) -> list[str]:
+        return ["anything", "other"]
+
+    def create(self, spec: ModelSpec, classes: list[str] | None) -> Classifier:
+        n = spec.num_classes or (len(classes) if classes else 3)
+        torch.manual_seed(0)
+        head = nn.Linear(48, n)
+        body = nn.Sequential(nn.Flatten(), head)
+        return Classifier(body, head, Preprocessing(size=4), n, spec, "fake origin", classes)
+
+
+FAKE_STRATEGY = object()
+
+
+class FakePlugin:
+    @kt.hookimpl
+    def register_model_sources(self, register):
+        register("fake", FakeSource())
+
+    @kt.hookimpl
+    def register_strategies(self, register):
+        register("fake_strategy", FAKE_STRATEGY)
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry(extra_plugins=(FakePlugin(),))
+
+
+def _record(reg: Registry, name: str) -> dict:
+    records = {r["name"]: r for r in reg.describe()}
+    assert name in records, sorted(records)
+    return records[name]
+
+
+def test_builtin_plugins_register_the_builtin_names() -> None:
+    reg = Registry()
+    assert reg.names("model_sources") == ["open_clip", "timm", "torchvision"]
+    assert {"fashion_mnist", "imagefolder"} <= set(reg.names("datasets"))
+    records = {r["name"]: r for r in reg.describe()}
+    for name in BUILTIN_PLUGINS:
+        assert records[name]["origin"] == "builtin"
+    assert records["kt.plugins.timm_source"]["registered"] == {"model_sources": ["timm"]}
+    assert records["kt.plugins.timm_source"]["hooks"] == ["register_model_sources"]
+    assert records["kt.plugins.datasets"]["registered"] == {"datasets": ["fashion_mnist", "imagefolder"]}
+
+
+def test_code_plugin_appears_in_describe_and_builds_models(registry: Registry) -> None:
+    record = _record(registry, "FakePlugin-0")
+    assert record["origin"] == "registered in code"
+    assert record["hooks"] == ["register_model_sources", "register_strategies"]
+    assert record["registered"] == {"model_sources": ["fake"], "strategies": ["fake_strategy"]}
+    assert registry.get("strategies", "fake_strategy") is FAKE_STRATEGY
+    assert "fake" in registry.names("model_sources")
+
+    model = create_model("fake:anything", classes=["a", "b"], registry=registry)
+    assert isinstance(model, Classifier)
+    assert (model.num_classes, model.origin, model.spec.id) == (2, "fake origin", "fake:anything")
+    assert not model.training
+    x = torch.rand(5, 3, 4, 4)
+    logits, features = model.logits_and_features(x)
+    assert logits.shape == (5, 2) and features.shape == (5, 48)
+    assert torch.allclose(logits, model.body[1](x.flatten(1)))
+
+    # the process-wide registry does not see code plugins
+    with pytest.raises(KtError, match="unknown model source 'fake'"):
+        create_model("fake:anything")
+
+
+def test_code_plugin_model_source_validates_its_names(registry: Registry) -> None:
+    with pytest.raises(KtError, match="fake has no model 'anythin'. Did you mean: anything?"):
+        create_model("fake:anythin", registry=registry)
+    with pytest.raises(KtError, match="predicts 7 classes but the dataset has 2"):
+        create_model({"id": "fake:other", "num_classes": 7}, classes=["a", "b"], registry=registry)
+
+
+def test_plugin_objects_with_a_module_name_are_named_after_it(tiny_dataset_plugin) -> None:
+    import types
+
+    module = types.ModuleType("my_kt_plugin")
+    module.register_datasets = tiny_dataset_plugin.register_datasets
+    reg = Registry(extra_plugins=(module,))
+    assert _record(reg, "my_kt_plugin")["registered"] == {"datasets": ["tiny"]}
+    split = load_split({"name": "tiny", "subset": {"eval": 6}}, "eval", registry=reg)
+    assert len(split) == 6
+    assert np.bincount(split.labels).tolist() == [2, 2, 2]  # stratified
+
+
+PLUGIN_FILE = '''
+import numpy as np
+import torch
+
+import kt
+from kt.data import TensorSplit
+
+
+class Ones:
+    classes = ["a", "b"]
+
+    def __init__(self, n=4):
+        self.n = n
+
+    def split(self, name):
+        images = torch.full((self.n, 1, 2, 2), 255, dtype=torch.uint8)
+        return TensorSplit(name, np.arange(self.n), np.arange(self.n) % 2, self.classes, images=images)
+
+
+@kt.hookimpl
+def register_datasets(register):
+    register("ones", Ones)
+
+
+@kt.hookimpl
+def register_strategies(register):
+    register("folder_strategy", {"kind": "from a folder"})
+'''
+
+
+def _write_plugin(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_plugin_folder_loads(tmp_path: Path) -> None:
+    path = _write_plugin(tmp_path, "ones_plugin", PLUGIN_FILE)
+    (tmp_path / "notes.txt").write_text("not a plugin")
+    reg = Registry(plugin_dirs=(str(tmp_path),))
+    record = _record(reg, "kt_local_ones_plugin")
+    assert record["origin"] == str(path)
+    assert record["registered"] == {"datasets": ["ones"], "strategies": ["folder_strategy"]}
+    assert reg.get("strategies", "folder_strategy") == {"kind": "from a folder"}
+
+    split = load_split({"name": "ones", "n": 6}, "train", registry=reg)
+    assert len(split) == 6 and split.classes == ["a", "b"]
+    images, labels, pos = next(split.batches(Preprocessing(size=2), batch_size=4))
+    assert images.shape == (4, 3, 2, 2) and bool((images == 255).all())
+    assert labels.tolist() == [0, 1, 0, 1] and pos.tolist() == [0, 1, 2, 3]
+    with pytest.raises(KtError, match="dataset 'ones' does not take these options"):
+        load_split({"name": "ones", "colour": "red"}, "train", registry=reg)
+
+
+def test_get_registry_caches_per_plugin_folder(tmp_path: Path) -> None:
+    _write_plugin(tmp_path, "ones_plugin", PLUGIN_FILE)
+    first = get_registry([str(tmp_path)])
+    assert get_registry((str(tmp_path / "."),)) is first
+    assert "ones" in first.names("datasets")
+    assert "ones" not in get_registry().names("datasets")
+
+
+def test_missing_plugin_folder_is_a_kt_error(tmp_path: Path) -> None:
+    with pytest.raises(KtError, match="plugin folder .*nope.* does not exist"):
+        Registry(plugin_dirs=(str(tmp_path / "nope"),))
+
+
+def test_kt_plugins_command_lists_a_plugin_folder(tmp_path: Path, kt_cli) -> None:
+    folder = tmp_path / "plugins"
+    path = _write_plugin(folder, "ones_plugin", PLUGIN_FILE)
+    result = kt_cli("--plugin-dir", str(folder), "plugins")
+    assert result.returncode == 0, result.stderr
+    records = {r["name"]: r for r in json.loads(result.stdout)}
+    assert records["kt_local_ones_plugin"]["origin"] == str(path.resolve())
+    assert records["kt_local_ones_plugin"]["registered"] == {"datasets": ["ones"],
+                                                            "strategies": ["folder_strategy"]}
+    assert records["kt.plugins.open_clip_source"] == {
+        "name": "kt.plugins.open_clip_source", "origin": "builtin", "hooks": ["register_model_sources"],
+        "registered": {"model_sources": ["open_clip"]}}
+
+
+def test_misspelled_hook_names_the_plugin_and_the_known_hooks(tmp_path: Path) -> None:
+    path = _write_plugin(tmp_path, "typo_plugin", """
+        import kt
+
+        @kt.hookimpl
+        def register_strategy(register):
+            register("x", object())
+        """)
+    with pytest.raises(KtError) as err:
+        Registry(plugin_dirs=(str(tmp_path),))
+    message = str(err.value)
+    assert "plugin 'kt_local_typo_plugin'" in message
+    assert str(path) in message
+    assert "register_strategy" in message
+    assert "Known hooks: register_model_sources, register_datasets, register_strategies." in message
+
+
+def test_misspelled_hook_in_a_code_plugin() -> None:
+    class Typo:
+        @kt.hookimpl
+        def register_dataset(self, register):
+            pass
+
+    with pytest.raises(KtError, match=r"plugin 'Typo-0' \(registered in code\) implements an unknown hook"):
+        Registry(extra_plugins=(Typo(),))
+
+
+def test_a_name_registered_twice_names_both_plugins(tmp_path: Path, kt_cli) -> None:
+    class Dup:
+        @kt.hookimpl
+        def register_model_sources(self, register):
+            register("timm", FakeSource())
+
+    with pytest.raises(KtError) as err:
+        Registry(extra_plugins=(Dup(),))
+    message = str(err.value)
+    assert "model source 'timm' is registered twice" in message
+    assert "'kt.plugins.timm_source'" in message and "'Dup-0'" in message
+
+    # the same from a plugin folder, through the CLI: one error line, exit status 2
+    folder = tmp_path / "dup"
+    _write_plugin(folder, "dup_plugin", """
+        import kt
+
+        @kt.hookimpl
+        def register_datasets(register):
+            register("fashion_mnist", dict)
+        """)
+    result = kt_cli("--plugin-dir", str(folder), "plugins")
+    assert result.returncode == 2
+    assert result.stderr.startswith("kt: error: dataset 'fashion_mnist' is registered twice: by plugin ")
+    assert "'kt.plugins.datasets'" in result.stderr and "'kt_local_dup_plugin'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_unknown_dataset_and_strategy_names_suggest_close_matches(registry: Registry) -> None:
+    with pytest.raises(KtError) as err:
+        load_split({"name": "fashion-mnist"}, "eval", registry=registry)
+    assert "unknown dataset 'fashion-mnist'. Did you mean: fashion_mnist?" in str(err.value)
+    assert "Known: fashion_mnist, imagefolder." in str(err.value)
+
+    with pytest.raises(KtError, match="unknown strategy 'fake_strategi'. Did you mean: fake_strategy?"):
+        registry.get("strategies", "fake_strategi")
+    with pytest.raises(KtError, match="unknown model source 'torchvison'. Did you mean: torchvision?"):
+        registry.get("model_sources", "torchvison")
+
+
+def test_bad_split_and_missing_dataset_name(registry: Registry) -> None:
+    with pytest.raises(KtError, match="unknown split 'test'; use one of train, eval"):
+        load_split({"name": "fashion_mnist"}, "test", registry=registry)
+    with pytest.raises(KtError, match="dataset.name is missing"):
+        load_split({"subset": {"eval": 10}}, "eval", registry=registry)
