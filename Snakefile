@@ -1,5 +1,6 @@
 # kt: find and transfer complementary knowledge between pretrained image classifiers.
-# Table of contents: config -> zoo -> logits (extract) -> complementarity -> selection.
+# Table of contents: config -> zoo -> logits (extract) -> complementarity -> selection
+#                    -> transfer -> evaluation -> summary (+ `snakemake --report`).
 
 from snakemake.utils import min_version
 
@@ -12,6 +13,9 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/zoo.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/complementarity.smk"
+include: "workflow/rules/transfer.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

@@ -17,6 +17,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import polars as pl
 
 from kt.errors import KtError
 
@@ -150,6 +151,16 @@ def read_logits(path: str | Path, features: bool = False) -> LogitsFile:
                               f["features"][:] if features and "features" in f else None)
         except OSError as e:
             raise KtError(f"{path} is truncated or corrupt ({e}); delete it and rerun the step.") from None
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    """A parquet artifact, with a message naming the file when it is missing or unreadable."""
+    try:
+        return pl.read_parquet(path)
+    except FileNotFoundError:
+        raise KtError(f"{path} does not exist; run the workflow step that writes it first.") from None
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise KtError(f"{path} is not a readable parquet file ({e}); delete it and rerun its step.") from None
 
 
 def describe(path: str | Path) -> dict[str, Any]:

@@ -100,6 +100,66 @@ def cmd_cache_frozen(args: argparse.Namespace) -> None:
                 args.out, registry=_registry(args))
 
 
+@command
+def cmd_complementarity(args: argparse.Namespace) -> None:
+    """Score every ordered pair from eval logits: flips, per-class entropy, top-p classes, forecast."""
+    from kt.complementarity import complementarity
+    from kt.figures import plot_flip_heatmap, plot_knowledge_vs_accdiff
+
+    table = complementarity(args.logits, args.out, args.per_class, threads=args.threads)
+    if args.heatmap:
+        plot_flip_heatmap(table, args.heatmap)
+    if args.scatter:
+        plot_knowledge_vs_accdiff(table, args.scatter)
+
+
+@command
+def cmd_select(args: argparse.Namespace) -> None:
+    """Choose the (teacher, student) pairs for transfer from the complementarity table."""
+    import polars as pl
+
+    from kt.artifacts import read_table
+    from kt.select import select_pairs, write_pairs
+
+    pairs = select_pairs(read_table(args.table), args.policy)
+    write_pairs(pairs, args.out)
+    with pl.Config(tbl_rows=50, tbl_cols=8, fmt_str_lengths=80):
+        print(pairs.select("teacher", "student", "bin", "pos_flips", "reason"))
+
+
+@command
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Metrics of one transfer run (long-format parquet): delta, gain, loss, residual flips, ..."""
+    from kt.artifacts import atomic_path
+    from kt.metrics import evaluate_run
+
+    table = evaluate_run(args.run, args.teacher_logits, args.strategy, args.teacher, args.student)
+    with atomic_path(args.out) as tmp:
+        table.write_parquet(tmp)
+
+
+@command
+def cmd_summarize(args: argparse.Namespace) -> None:
+    """Combine every run's metrics: per run, per strategy, per teacher-strength bin; figures."""
+    import polars as pl
+
+    from kt.artifacts import read_table
+    from kt.figures import plot_epoch_curves, plot_summary
+    from kt.metrics import summarize, write_summary
+
+    table = summarize(args.metrics, read_table(args.pairs) if args.pairs else None, args.similar_within)
+    write_summary(table, args.out, args.csv)
+    if args.figures:
+        plot_summary(table, args.figures)
+        if args.epochs:
+            epochs = pl.concat([read_table(f) for f in args.epochs], how="diagonal_relaxed")
+            plot_epoch_curves(epochs, f"{args.figures}/epoch_curves.png")
+    with pl.Config(tbl_rows=50, tbl_cols=10, float_precision=2):
+        print(table.filter(pl.col("scope") == "strategy").select(
+            "strategy", "n_runs", "success_rate", "mean_delta", "median_delta", "mean_gain", "mean_loss",
+            *[c for c in ("forecast_spearman",) if c in table.columns]))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kt", description=__doc__.splitlines()[0])
     p.add_argument("--plugin-dir", action="append", default=[], help="extra folder of plugin modules")
@@ -138,6 +198,29 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, help="run folder (transfer) or cache file (cache-frozen)")
     sub.choices["transfer"].add_argument("--strategy", required=True)
     sub.choices["transfer"].add_argument("--cache", default=None, help="frozen-output cache file")
+    s = add("complementarity")
+    s.add_argument("--logits", nargs="+", required=True, help="eval logits files, one per model")
+    s.add_argument("--out", required=True, help="pairs table (parquet)")
+    s.add_argument("--per-class", required=True, help="per-class positive flip counts (HDF5)")
+    s.add_argument("--heatmap", help="PNG: positive flips, teacher x student")
+    s.add_argument("--scatter", help="PNG: complementary knowledge vs accuracy difference")
+    s = add("select")
+    s.add_argument("--table", required=True, help="complementarity pairs table")
+    s.add_argument("--policy", type=_json_arg, default={"policy": "all"}, help="JSON: the config's select section")
+    s.add_argument("--out", required=True)
+    s = add("evaluate")
+    s.add_argument("--run", required=True, help="transfer run folder")
+    s.add_argument("--teacher-logits", help="the teacher's eval logits file")
+    for key in ("strategy", "teacher", "student", "out"):
+        s.add_argument(f"--{key}", required=True)
+    s = add("summarize")
+    s.add_argument("--metrics", nargs="+", required=True, help="per-run metrics files")
+    s.add_argument("--epochs", nargs="*", default=[], help="per-run per-epoch metrics (for the curves)")
+    s.add_argument("--pairs", help="results/pairs.parquet (adds the forecast)")
+    s.add_argument("--similar-within", type=float, default=1.0, help="points: teacher-strength bin margin")
+    s.add_argument("--out", required=True)
+    s.add_argument("--csv", required=True)
+    s.add_argument("--figures", help="folder for the summary figures (PNG)")
     return p
 
 

@@ -177,12 +177,12 @@ def transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str, 
     dev = pick_device(settings.device)
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True)
+    if strategy.needs_teacher and teacher is None:
+        raise KtError(f"strategy {strategy_name!r} needs a teacher; give one.")
     train, evald = load_split(dataset, "train", registry), load_split(dataset, "eval", registry)
     model = prepare(create_model(student, train.classes, registry), dev)
     initial = _frozen(copy.deepcopy(model)) if strategy.needs_initial else None
     teach = _frozen(prepare(create_model(teacher, train.classes, registry), dev)) if strategy.needs_teacher else None
-    if strategy.needs_teacher and teacher is None:
-        raise KtError(f"strategy {strategy_name!r} needs a teacher; give one.")
     frozen = FrozenLogits(teach, initial, dev, load_cache(cache, teacher, student, train, settings) if cache else None)
     lr = settings.learning_rate(strategy)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)

@@ -111,8 +111,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 ReturnToService=2
-# squeue must still see a finished job when the executor polls: keep it 5 minutes.
-MinJobAge=300
+# squeue must still see a finished job when the executor polls (>= 3x its first poll delay) and
+# when the test looks at a run's jobs afterwards: keep finished jobs for an hour.
+MinJobAge=3600
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none

@@ -26,8 +26,17 @@ PLUGIN_ARGS = " ".join(f"--plugin-dir {shlex.quote(d)}" for d in config["plugin_
 KT = f"{shlex.quote(sys.executable)} -m kt {PLUGIN_ARGS}"
 
 
+STRATEGIES = config["transfer"]["strategies"]
+RUN = f"{RESULTS}/transfer/{{strategy}}/{{teacher}}__{{student}}"
+SETTINGS_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "augment", "seed", "eval_every",
+                 "cache_views")
+
+
 wildcard_constraints:
     model="|".join(MODELS),
+    teacher="|".join(MODELS),
+    student="|".join(MODELS),
+    strategy="|".join(STRATEGIES),
     zoo_model="|".join(ZOO) or "__none__",
     split="train|eval",
 
@@ -41,9 +50,56 @@ def model_arg(wildcards):
     return as_arg(MODELS[wildcards.model].to_dict())
 
 
+def run_dir(wildcards):
+    return RUN.format(**wildcards)
+
+
+def weights_of(model):
+    """A zoo model's checkpoint (so later steps wait for training); nothing for other models."""
+    return [MODELS[model].weights] if model in ZOO else []
+
+
 def model_weights(wildcards):
-    """A zoo model's checkpoint (so extraction waits for training); nothing for other models."""
-    return [MODELS[wildcards.model].weights] if wildcards.model in ZOO else []
+    return weights_of(wildcards.model)
+
+
+def spec_arg(model):
+    return as_arg(MODELS[model].to_dict())
+
+
+def settings_arg(strategy):
+    """TransferSettings as JSON: the shared keys plus this strategy's own options."""
+    settings = {k: config["transfer"][k] for k in SETTINGS_KEYS}
+    settings["device"] = config["device"]
+    settings["options"] = config["transfer"]["options"].get(strategy, {}) if strategy else {}
+    return as_arg(settings)
+
+
+def frozen_cache(wildcards):
+    if config["transfer"]["cache_views"] > 0:
+        return f"{RESULTS}/transfer/cache/{wildcards.teacher}__{wildcards.student}.h5"
+    return []
+
+
+def selected_pairs():
+    """(teacher, student) rows of results/pairs.parquet, once the select_pairs checkpoint ran."""
+    import polars as pl
+
+    path = checkpoints.select_pairs.get().output.pairs
+    return pl.read_parquet(path).select("teacher", "student").iter_rows()
+
+
+def run_files(name):
+    """Input function: file ``name`` of every selected run (pairs x strategies)."""
+
+    def files(wildcards):
+        return [
+            f"{RESULTS}/transfer/{strategy}/{teacher}__{student}/{name}"
+            for teacher, student in selected_pairs()
+            for strategy in STRATEGIES
+        ]
+
+    return files
 
 
 def dataset_arg(wildcards=None):
@@ -66,4 +122,4 @@ def logits(split):
 
 
 def all_targets():
-    return logits("eval")
+    return logits("eval") + [f"{RESULTS}/summary.parquet"]

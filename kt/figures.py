@@ -1,0 +1,166 @@
+"""Figures of the workflow, written as PNG with matplotlib's Agg canvas.
+
+Figures are built with the object API (``Figure`` + ``FigureCanvasAgg``), never ``pyplot``: no
+global state, no display backend needed on cluster nodes, safe in threads. Files are written
+atomically like every other artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kt.artifacts import atomic_path
+
+ANNOTATE_MAX_MODELS = 25
+"""Heatmap cells are labelled with their value up to this many models (beyond, labels overlap)."""
+
+
+def save_figure(fig: Figure, out_png: str | Path, dpi: int = 150) -> Path:
+    """Render ``fig`` to ``out_png`` atomically (the temp name has no .png suffix, so say the format)."""
+    FigureCanvasAgg(fig)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(out_png)
+
+
+def _models(table: pl.DataFrame) -> list[str]:
+    return list(dict.fromkeys([*table["teacher"].to_list(), *table["student"].to_list()]))
+
+
+# -------------------------------------------------------------------------------- complementarity
+
+
+def plot_flip_heatmap(table: pl.DataFrame, out_png: str | Path, column: str = "pos_flips") -> Path:
+    """Teacher (rows) × student (columns) heatmap of positive flips in % of eval samples.
+
+    Why: shows at a glance that every pair holds complementary knowledge, and which models are rich
+    teachers (bright rows) or have most to learn (bright columns). Cells are annotated for up to
+    :data:`ANNOTATE_MAX_MODELS` models; self-pairs are blank.
+    """
+    models = _models(table)
+    index = {m: i for i, m in enumerate(models)}
+    grid = np.full((len(models), len(models)), np.nan)
+    for t, s, v in table.select("teacher", "student", column).iter_rows():
+        if t != s and v is not None:
+            grid[index[t], index[s]] = v
+    size = max(4.0, min(24.0, 0.55 * len(models) + 2.5))
+    fig = Figure(figsize=(size + 1.2, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="equal")
+    cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label("positive flips (% of eval samples)" if column == "pos_flips" else column)
+    ax.set_xticks(range(len(models)), models, rotation=90, fontsize=8 if len(models) < 40 else 5)
+    ax.set_yticks(range(len(models)), models, fontsize=8 if len(models) < 40 else 5)
+    ax.set_xlabel("student")
+    ax.set_ylabel("teacher")
+    ax.set_title("Complementary knowledge: teacher right, student wrong")
+    if len(models) <= ANNOTATE_MAX_MODELS and np.isfinite(grid).any():
+        lo, hi = np.nanmin(grid), np.nanmax(grid)
+        mid = (lo + hi) / 2
+        for i in range(len(models)):
+            for j in range(len(models)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                            color="black" if grid[i, j] > mid else "white")
+    return save_figure(fig, out_png)
+
+
+def plot_knowledge_vs_accdiff(table: pl.DataFrame, out_png: str | Path) -> Path:
+    """Positive flips against accuracy difference (teacher − student), one point per ordered pair.
+
+    Why: the paper's Fig. 1 — complementary knowledge exists even for much weaker teachers (left of
+    the vertical line at 0), so accuracy alone is a poor guide to which teacher can help.
+    """
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.add_subplot()
+    pairs = table.filter(pl.col("teacher") != pl.col("student"))
+    students = sorted(set(pairs["student"].to_list()))
+    few = len(students) <= 12
+    if few:
+        for s in students:
+            part = pairs.filter(pl.col("student") == s)
+            ax.scatter(part["acc_diff"].to_numpy(), part["pos_flips"].to_numpy(), s=22, alpha=0.8,
+                       label=s, edgecolors="none")
+        ax.legend(title="student", fontsize=7, title_fontsize=8, loc="best", frameon=False)
+    else:
+        ax.scatter(pairs["acc_diff"].to_numpy(), pairs["pos_flips"].to_numpy(), s=6, alpha=0.4,
+                   edgecolors="none", color="C0")
+    ax.axvline(0.0, color="0.3", linestyle="--", linewidth=1)
+    ax.set_xlabel("teacher − student top-1 accuracy (points)")
+    ax.set_ylabel("positive flips (% of eval samples)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Complementary knowledge vs. performance difference")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, out_png)
+
+
+def plot_summary(table: pl.DataFrame, folder: str | Path) -> list[Path]:
+    """The transfer figures from the summary table: success rate per strategy over students (box),
+    Δ vs teacher − student accuracy difference, knowledge gain vs loss, and per-epoch accuracy."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = table.filter(pl.col("scope") == "run")
+    strategies = runs["strategy"].unique(maintain_order=True).to_list()
+    colors = {s: f"C{i}" for i, s in enumerate(strategies)}
+    out = []
+
+    per_student = runs.group_by("strategy", "student", maintain_order=True).agg(
+        ((pl.col("delta") > 0).mean() * 100).alias("success"))
+    fig = Figure(figsize=(1.6 + 1.3 * len(strategies), 3.6))
+    ax = fig.subplots()
+    data = [per_student.filter(pl.col("strategy") == s)["success"].to_numpy() for s in strategies]
+    ax.boxplot(data, tick_labels=strategies, showmeans=True)
+    for i, values in enumerate(data, start=1):
+        ax.scatter(np.full(len(values), i), values, s=12, color=colors[strategies[i - 1]], zorder=3)
+    ax.set_ylabel("success rate per student (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_title("Share of teachers that improve the student")
+    out.append(save_figure(fig, folder / "success_rate.png"))
+
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
+    for s in strategies:
+        r = runs.filter(pl.col("strategy") == s)
+        ax.scatter(r["acc_diff"], r["delta"], label=s, color=colors[s], s=20)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("teacher − student accuracy (points)")
+    ax.set_ylabel("transfer delta Δ (points)")
+    ax.legend(fontsize=8)
+    out.append(save_figure(fig, folder / "delta_vs_accdiff.png"))
+
+    fig = Figure(figsize=(4.5, 4.2))
+    ax = fig.subplots()
+    for s in strategies:
+        r = runs.filter(pl.col("strategy") == s)
+        ax.scatter(r["knowledge_loss"], r["knowledge_gain"], label=s, color=colors[s], s=20)
+    top = float(max(runs["knowledge_gain"].max() or 0, runs["knowledge_loss"].max() or 0)) * 1.1 + 0.1
+    ax.plot([0, top], [0, top], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("knowledge loss (% right before, wrong after)")
+    ax.set_ylabel("knowledge gain (% wrong before, right after)")
+    ax.legend(fontsize=8)
+    out.append(save_figure(fig, folder / "gain_vs_loss.png"))
+    return out
+
+
+def plot_epoch_curves(metrics: pl.DataFrame, out_png: str | Path) -> Path:
+    """Per-epoch evaluation accuracy of every run, relative to its start, one panel per strategy."""
+    strategies = metrics["strategy"].unique(maintain_order=True).to_list()
+    fig = Figure(figsize=(3.2 * len(strategies), 3))
+    axes = fig.subplots(1, len(strategies), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], strategies, strict=True):
+        for (teacher, student), run in metrics.filter(pl.col("strategy") == s).group_by(
+                "teacher", "student", maintain_order=True):
+            run = run.filter(pl.col("eval_accuracy").is_not_nan()).sort("epoch")
+            ax.plot(run["epoch"], run["eval_accuracy"] - run["eval_accuracy"][0], marker="o", ms=3, lw=1,
+                    label=f"{teacher}→{student}")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_title(s)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("eval accuracy change (points)")
+    return save_figure(fig, out_png)

@@ -1,0 +1,135 @@
+"""Transfer metrics (DESIGN.md §1), in percentage points of the evaluation set, and the summary.
+
+Per run: transfer delta, knowledge gain and loss, the teacher's residual complementary knowledge,
+the share of the initial positive flips transferred, and how much of the gain falls into the
+teacher's top-p % classes. The summary aggregates runs per strategy, overall and per teacher-
+strength bin, and checks how well the complementarity forecast ranks the measured deltas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kt.artifacts import LogitsFile, atomic_path, read_logits
+from kt.errors import KtError
+from kt.select import bin_expr
+
+TOP_P = (20, 50)
+
+
+def top_classes(pos_per_class: np.ndarray, p: float) -> np.ndarray:
+    """The smallest set of classes holding ``p`` % of all positive flips (most flips first)."""
+    total = pos_per_class.sum()
+    if total == 0:
+        return np.array([], dtype=int)
+    order = np.argsort(-pos_per_class, kind="stable")
+    k = int(np.searchsorted(np.cumsum(pos_per_class[order]), p / 100 * total - 1e-9) + 1)
+    return order[:k]
+
+
+def run_metrics(before: np.ndarray, after: np.ndarray, teacher: np.ndarray, labels: np.ndarray,
+                num_classes: int) -> dict[str, float]:
+    """Metrics of one transfer from predictions (class indices) on the evaluation set."""
+    right_b, right_a, right_t = before == labels, after == labels, teacher == labels
+    pct = 100.0 / len(labels)
+    initial_flips = right_t & ~right_b
+    gained = ~right_b & right_a
+    out = {
+        "acc_before": right_b.sum() * pct, "acc_after": right_a.sum() * pct, "teacher_acc": right_t.sum() * pct,
+        "delta": (right_a.sum() - right_b.sum()) * pct,
+        "knowledge_gain": gained.sum() * pct, "knowledge_loss": (right_b & ~right_a).sum() * pct,
+        "pos_flips_before": initial_flips.sum() * pct,
+        "residual_pos_flips": (right_t & ~right_a).sum() * pct,
+        "transferred_share": 100.0 * (initial_flips & right_a).sum() / max(initial_flips.sum(), 1),
+    }
+    per_class = np.bincount(labels[initial_flips], minlength=num_classes)
+    for p in TOP_P:
+        in_top = np.isin(labels, top_classes(per_class, p))
+        out[f"gain_in_top{p}_share"] = 100.0 * (gained & in_top).sum() / max(gained.sum(), 1)
+    return {k: float(v) for k, v in out.items()}
+
+
+def _check_same(a: LogitsFile, b: LogitsFile) -> None:
+    fa, fb = a.attrs.get("dataset_fingerprint"), b.attrs.get("dataset_fingerprint")
+    if fa != fb or not np.array_equal(a.labels, b.labels):
+        raise KtError(f"{a.path} and {b.path} hold different evaluation samples (fingerprints {fa} vs {fb}); "
+                      "rerun both steps on the same dataset config.")
+
+
+def evaluate_run(run_dir: str | Path, teacher_logits: str | Path | None, strategy: str,
+                 teacher: str, student: str) -> pl.DataFrame:
+    """Long-format metrics of one run folder: columns strategy, teacher, student, metric, value."""
+    run_dir = Path(run_dir)
+    before, after = read_logits(run_dir / "eval_before.h5"), read_logits(run_dir / "eval_after.h5")
+    _check_same(before, after)
+    if teacher_logits is not None:
+        t = read_logits(teacher_logits)
+        _check_same(before, t)
+        teacher_pred = t.predictions
+    else:  # teacher-free strategies: flips are measured against the student itself
+        teacher_pred = before.predictions
+    values = run_metrics(before.predictions, after.predictions, teacher_pred, before.labels,
+                         before.logits.shape[1])
+    return pl.DataFrame({"strategy": strategy, "teacher": teacher, "student": student,
+                         "metric": list(values), "value": list(values.values())})
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN for fewer than 3 points."""
+    if len(x) < 3:
+        return float("nan")
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        return pl.Series(v).rank("average").to_numpy()
+
+    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def summarize(run_files: Sequence[str | Path], pairs: pl.DataFrame | None = None,
+              similar_within: float = 1.0) -> pl.DataFrame:
+    """One row per run (``scope = run``) plus per-strategy aggregates overall (``scope = strategy``)
+    and per teacher-strength bin (``scope = strategy/bin``). Per-run files may carry different
+    metrics (strategies differ); missing ones become nulls."""
+    if not run_files:
+        raise KtError("no transfer metrics to summarise; does the config select any pairs and strategies?")
+    long = pl.concat([pl.read_parquet(f) for f in run_files], how="diagonal_relaxed")
+    runs = long.pivot(on="metric", index=["strategy", "teacher", "student"], values="value")
+    runs = runs.with_columns((pl.col("teacher_acc") - pl.col("acc_before")).alias("acc_diff"))
+    runs = runs.with_columns(bin_expr(similar_within).alias("bin"))
+    if pairs is not None and "forecast_dp" in pairs.columns:
+        runs = runs.join(pairs.select("teacher", "student", "forecast_dp", "pos_flips").unique(["teacher", "student"]),
+                         on=["teacher", "student"], how="left")
+    runs = runs.with_columns(pl.lit("run").alias("scope"))
+
+    def aggregate(by: list[str]) -> pl.DataFrame:
+        out = runs.group_by(by, maintain_order=True).agg(
+            pl.len().alias("n_runs"),
+            ((pl.col("delta") > 0).mean() * 100).alias("success_rate"),
+            pl.col("delta").mean().alias("mean_delta"), pl.col("delta").median().alias("median_delta"),
+            pl.col("knowledge_gain").mean().alias("mean_gain"), pl.col("knowledge_loss").mean().alias("mean_loss"))
+        if "forecast_dp" in runs.columns:
+            rho = runs.group_by(by, maintain_order=True).agg(
+                pl.map_groups(["forecast_dp", "delta"], lambda s: spearman(s[0].to_numpy(), s[1].to_numpy()),
+                              return_dtype=pl.Float64, returns_scalar=True).alias("forecast_spearman"))
+            out = out.join(rho, on=by)
+        return out
+
+    per_strategy = aggregate(["strategy"]).with_columns(pl.lit("strategy").alias("scope"))
+    per_bin = aggregate(["strategy", "bin"]).with_columns(pl.lit("strategy/bin").alias("scope"))
+    table = pl.concat([runs, per_strategy, per_bin], how="diagonal_relaxed")
+    first = ["scope", "strategy", "teacher", "student", "bin"]
+    return table.select(first + [c for c in table.columns if c not in first])
+
+
+def write_summary(table: pl.DataFrame, out_parquet: str | Path, out_csv: str | Path) -> None:
+    with atomic_path(out_parquet) as tmp:
+        table.write_parquet(tmp)
+    with atomic_path(out_csv) as tmp:
+        table.write_csv(tmp, float_precision=4)

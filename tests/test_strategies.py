@@ -1,0 +1,370 @@
+"""Transfer strategies on hand-made logits: every loss against arithmetic written out in the test (math /
+numpy, never kt's own helpers), the data-partitioning masks with their tie rules, and the slow weights of
+XE-KL+MCL. Definitions: DESIGN.md §1 (Roth et al., ICLR 2024)."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kt.registry import Registry
+from kt.strategies import KL, KLDP, XEKL, XEKLMCL, Outputs, dp_mask, kl_div
+
+# ---------------------------------------------------------------------------------------------- hand arithmetic
+
+
+def softmax(row: list[float], t: float = 1.0) -> list[float]:
+    """softmax(row / t), one exp per entry, written out."""
+    exps = [math.exp(z / t) for z in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def kl(target: list[float], student: list[float], t: float = 1.0) -> float:
+    """KL(softmax(target/t) || softmax(student/t)) = sum_i p_i (log p_i - log q_i), without the t² factor."""
+    p, q = softmax(target, t), softmax(student, t)
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
+
+
+def xent(logits: list[float], label: int) -> float:
+    """Cross-entropy on logits: -log softmax(logits)[label]."""
+    return -math.log(softmax(logits)[label])
+
+
+def t(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [2.0, 2.0, 2.0]]
+TEACHER = [[3.0, 0.0, -1.0], [0.5, 0.5, 1.0], [-2.0, 4.0, 0.0]]
+
+
+def close(value: torch.Tensor | float, expected: float, rel: float = 1e-5) -> bool:
+    return float(value) == pytest.approx(expected, rel=rel, abs=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------- KL and kl / xekl
+
+
+def test_kl_div_matches_hand_computed_kl_per_sample() -> None:
+    out = kl_div(t(STUDENT), t(TEACHER))
+    assert out.shape == (3,)
+    for i in range(3):
+        assert close(out[i], kl(TEACHER[i], STUDENT[i]))
+    # one row spelled out completely: p = softmax([3, 0, -1]), q = softmax([1, 2, 0.5])
+    p = [math.exp(3) / (math.exp(3) + 1 + math.exp(-1)), 1 / (math.exp(3) + 1 + math.exp(-1)),
+         math.exp(-1) / (math.exp(3) + 1 + math.exp(-1))]
+    zq = math.exp(1) + math.exp(2) + math.exp(0.5)
+    q = [math.exp(1) / zq, math.exp(2) / zq, math.exp(0.5) / zq]
+    assert close(out[0], sum(p[i] * math.log(p[i] / q[i]) for i in range(3)))
+    # KL is zero for equal distributions (also for logits shifted by a constant), positive otherwise
+    assert kl_div(t(TEACHER), t(TEACHER)).abs().max() < 1e-6
+    assert kl_div(t(TEACHER) + 5.0, t(TEACHER)).abs().max() < 1e-6
+    assert (out > 0).all()
+
+
+@pytest.mark.parametrize("temperature", [2.0, 4.0, 0.5])
+def test_kl_div_temperature_scales_by_t_squared(temperature: float) -> None:
+    out = kl_div(t(STUDENT), t(TEACHER), temperature)
+    for i in range(3):
+        softened = kl(TEACHER[i], STUDENT[i], temperature)  # KL of softmax(z / T)
+        assert close(out[i], temperature**2 * softened)
+        assert not close(out[i], kl(TEACHER[i], STUDENT[i]), rel=1e-3)  # not the T = 1 value
+    # T = 2, row 1, by hand: softmax([0.25, 0.25, 0.5]) against softmax([0, -0.5, 1.5]), times 4
+    p = softmax([0.25, 0.25, 0.5])
+    q = softmax([0.0, -0.5, 1.5])
+    if temperature == 2.0:
+        assert close(out[1], 4 * sum(a * math.log(a / b) for a, b in zip(p, q, strict=True)))
+
+
+def test_kl_strategy_is_the_batch_mean_of_kl_to_the_teacher() -> None:
+    strategy = KL()
+    assert strategy.needs_teacher and not strategy.needs_initial and not strategy.needs_labels
+    loss = strategy.loss(Outputs(student=t(STUDENT), teacher=t(TEACHER)))
+    assert loss.ndim == 0
+    assert close(loss, sum(kl(TEACHER[i], STUDENT[i]) for i in range(3)) / 3)
+    loss_t2 = KL(temperature=2.0).loss(Outputs(student=t(STUDENT), teacher=t(TEACHER)))
+    assert close(loss_t2, 4 * sum(kl(TEACHER[i], STUDENT[i], 2.0) for i in range(3)) / 3)
+    assert strategy.last_mask is None  # the teacher is the target everywhere: no partition to report
+
+
+def test_xekl_is_half_kl_plus_half_cross_entropy_on_logits() -> None:
+    labels = [2, 0, 1]
+    strategy = XEKL()
+    assert strategy.alpha == 0.5 and strategy.needs_labels and strategy.needs_teacher
+    loss = strategy.loss(Outputs(student=t(STUDENT), teacher=t(TEACHER), labels=torch.tensor(labels)))
+    kl_mean = sum(kl(TEACHER[i], STUDENT[i]) for i in range(3)) / 3
+    ce_mean = sum(xent(STUDENT[i], labels[i]) for i in range(3)) / 3
+    assert close(loss, 0.5 * kl_mean + 0.5 * ce_mean)
+    # cross-entropy on logits, not on probabilities: -log softmax(z)[y], not -log softmax(softmax(z))[y]
+    ce_on_probs = sum(xent(softmax(STUDENT[i]), labels[i]) for i in range(3)) / 3
+    assert not close(loss, 0.5 * kl_mean + 0.5 * ce_on_probs, rel=1e-3)
+    alpha = XEKL(alpha=0.25).loss(Outputs(student=t(STUDENT), teacher=t(TEACHER), labels=torch.tensor(labels)))
+    assert close(alpha, 0.25 * kl_mean + 0.75 * ce_mean)
+
+
+# ---------------------------------------------------------------------------------------------- data partitioning
+
+# Rows: (teacher, initial, label). Supervised rule: teacher iff p_teacher[y] > p_initial[y] strictly.
+DP_ROWS = [
+    ([0.0, 3.0, 0.0], [0.0, 1.0, 0.0], 1),   # teacher surer of the true class -> teacher
+    ([0.0, 1.0, 0.0], [0.0, 3.0, 0.0], 1),   # initial surer of the true class -> initial
+    ([1.0, 0.5, -2.0], [1.0, 0.5, -2.0], 0),  # identical rows: exact tie -> initial
+    ([3.0, 1.0, 1.0], [2.0, 0.0, 0.0], 0),   # logits shifted by a constant: same probabilities, tie -> initial
+    ([5.0, 0.0, 0.0], [0.0, 0.0, 0.1], 2),   # teacher confident but wrong: p_t[2] < p_0[2] -> initial
+    ([0.0, 0.0, 1.0], [9.0, 0.0, 0.0], 2),   # teacher right, initial confidently wrong -> teacher
+]
+
+
+def dp_columns(rows: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return t([r[0] for r in rows]), t([r[1] for r in rows]), torch.tensor([r[2] for r in rows])
+
+
+def test_dp_mask_supervised_teacher_iff_strictly_higher_true_class_probability() -> None:
+    teacher, initial, labels = dp_columns(DP_ROWS)
+    expected = [softmax(tr)[y] > softmax(ir)[y] for tr, ir, y in DP_ROWS]
+    assert expected == [True, False, False, False, False, True]
+    mask = dp_mask(teacher, initial, labels)
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == expected
+    # the exact ties really are ties in torch's own softmax: equality must not flip to the teacher
+    for i in (2, 3):
+        p_t, p_0 = torch.softmax(teacher[i], 0)[labels[i]], torch.softmax(initial[i], 0)[labels[i]]
+        assert p_t == p_0 and not mask[i]
+
+
+def test_dp_mask_unsupervised_compares_top1_confidence_with_ties_to_initial() -> None:
+    rows = [
+        ([0.0, 4.0, 0.0], [2.0, 0.0, 0.0]),   # teacher more confident (in another class) -> teacher
+        ([1.0, 0.0, 0.0], [0.0, 0.0, 3.0]),   # initial more confident -> initial
+        ([0.5, 2.0, 0.0], [0.5, 2.0, 0.0]),   # identical rows: tie -> initial
+        ([4.0, 2.0, 2.0], [2.0, 0.0, 0.0]),   # shifted by a constant: tie -> initial
+    ]
+    teacher, initial = t([r[0] for r in rows]), t([r[1] for r in rows])
+    expected = [max(softmax(a)) > max(softmax(b)) for a, b in rows]
+    assert expected == [True, False, False, False]
+    assert dp_mask(teacher, initial, None).tolist() == expected
+
+
+def test_kl_dp_is_pure_kl_to_the_selected_target() -> None:
+    teacher, initial, labels = dp_columns(DP_ROWS)
+    mask = [softmax(tr)[y] > softmax(ir)[y] for tr, ir, y in DP_ROWS]
+    targets = [tr if m else ir for (tr, ir, _), m in zip(DP_ROWS, mask, strict=True)]
+    strategy = KLDP()
+    assert strategy.needs_teacher and strategy.needs_initial and strategy.needs_labels
+
+    # a student equal to the selected target on every sample has loss 0, although its cross-entropy on the
+    # labels is far from 0: there is no cross-entropy term
+    ce = sum(xent(z, y) for z, (_, _, y) in zip(targets, DP_ROWS, strict=True)) / len(DP_ROWS)
+    assert ce > 0.3
+    zero = strategy.loss(Outputs(student=t(targets), teacher=teacher, initial=initial, labels=labels))
+    assert abs(float(zero)) < 1e-7
+    assert strategy.last_mask.tolist() == mask
+
+    # any student: the mean KL to the per-sample target
+    student = [[0.2, -0.3, 1.1], [1.0, 0.0, 0.0], [0.0, 2.0, -1.0], [0.3, 0.3, 0.3], [-1.0, 0.5, 2.0],
+               [2.5, 0.0, 1.0]]
+    loss = strategy.loss(Outputs(student=t(student), teacher=teacher, initial=initial, labels=labels))
+    assert close(loss, sum(kl(tg, s) for tg, s in zip(targets, student, strict=True)) / len(student))
+
+
+def test_kl_dp_labels_act_only_through_the_mask() -> None:
+    teacher, initial, labels = dp_columns(DP_ROWS)
+    student = t([[0.2, -0.3, 1.1]] * len(DP_ROWS))
+    strategy = KLDP()
+    base = strategy.loss(Outputs(student=student, teacher=teacher, initial=initial, labels=labels))
+
+    # other labels that leave the partition unchanged leave the loss unchanged (bit for bit)
+    same_mask = labels.clone()
+    same_mask[2], same_mask[3] = 1, 2  # ties stay ties whatever the label
+    assert dp_mask(teacher, initial, same_mask).tolist() == dp_mask(teacher, initial, labels).tolist()
+    assert torch.equal(strategy.loss(Outputs(student=student, teacher=teacher, initial=initial,
+                                             labels=same_mask)), base)
+
+    # labels that flip the partition change the loss to the KL against the new targets
+    flipped = labels.clone()
+    flipped[0], flipped[1] = 0, 0  # row 0: p_t[0] < p_0[0] -> initial; row 1: p_t[0] > p_0[0] -> teacher
+    new_mask = [softmax(tr)[y] > softmax(ir)[y] for (tr, ir, _), y in zip(DP_ROWS, flipped.tolist(), strict=True)]
+    assert new_mask[:2] == [False, True]
+    loss = strategy.loss(Outputs(student=student, teacher=teacher, initial=initial, labels=flipped))
+    row = [0.2, -0.3, 1.1]
+    expected = sum(kl(tr if m else ir, row) for (tr, ir, _), m in zip(DP_ROWS, new_mask, strict=True))
+    assert close(loss, expected / len(DP_ROWS))
+    assert not close(loss, float(base), rel=1e-4)
+
+
+def test_kl_dp_unsup_ignores_labels() -> None:
+    factory = Registry().get("strategies", "kl_dp_unsup")
+    strategy = factory()
+    assert isinstance(strategy, KLDP) and not strategy.supervised
+    assert strategy.needs_initial and not strategy.needs_labels
+    teacher, initial, labels = dp_columns(DP_ROWS)
+    student = [[0.2, -0.3, 1.1], [1.0, 0.0, 0.0], [0.0, 2.0, -1.0], [0.3, 0.3, 0.3], [-1.0, 0.5, 2.0],
+               [2.5, 0.0, 1.0]]
+    no_labels = strategy.loss(Outputs(student=t(student), teacher=teacher, initial=initial, labels=None))
+    mask = [max(softmax(tr)) > max(softmax(ir)) for tr, ir, _ in DP_ROWS]
+    assert strategy.last_mask.tolist() == mask
+    targets = [tr if m else ir for (tr, ir, _), m in zip(DP_ROWS, mask, strict=True)]
+    assert close(no_labels, sum(kl(tg, s) for tg, s in zip(targets, student, strict=True)) / len(student))
+    for seed in range(3):  # any labels give the very same loss
+        random_labels = torch.randint(0, 3, (len(DP_ROWS),), generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(strategy.loss(Outputs(student=t(student), teacher=teacher, initial=initial,
+                                                 labels=random_labels)), no_labels)
+    assert isinstance(partial(KLDP, supervised=False)(), KLDP)
+
+
+# ---------------------------------------------------------------------------------------------- XE-KL + MCL
+
+
+def test_xekl_mcl_defaults() -> None:
+    s = XEKLMCL()
+    assert (s.alpha, s.tau, s.every, s.lr) == (0.68, 0.9999, 2, 1e-2)
+    assert s.needs_teacher and s.needs_labels and not s.needs_initial
+
+
+def test_xekl_mcl_skips_kl_exactly_on_negative_flips() -> None:
+    labels = [0, 1, 2, 0]
+    student = [[3.0, 0.0, 0.0],   # right
+               [2.0, 0.0, 1.0],   # wrong
+               [0.0, 1.0, 2.0],   # right
+               [0.0, 1.0, 0.0]]   # wrong
+    teacher = [[0.0, 2.0, 0.0],   # wrong -> row 0 is a negative flip: KL skipped
+               [0.0, 3.0, 1.0],   # right (positive flip)
+               [0.0, 0.0, 1.5],   # right (both right)
+               [0.0, 0.0, 2.0]]   # wrong (both wrong)
+    negative = [int(np.argmax(s)) == y and int(np.argmax(tt)) != y
+                for s, tt, y in zip(student, teacher, labels, strict=True)]
+    assert negative == [True, False, False, False]
+    strategy = XEKLMCL()
+    loss = strategy.loss(Outputs(student=t(student), teacher=t(teacher), labels=torch.tensor(labels)))
+    kl_kept = sum(kl(teacher[i], student[i]) for i in range(4) if not negative[i]) / 4  # mean over the batch
+    ce = sum(xent(student[i], labels[i]) for i in range(4)) / 4
+    assert close(loss, 0.68 * kl_kept + 0.32 * ce)
+
+    # the skipped row's teacher does not matter (as long as it stays wrong); a kept row's teacher does
+    other = [row[:] for row in teacher]
+    other[0] = [0.0, 0.0, 7.0]
+    assert torch.equal(strategy.loss(Outputs(student=t(student), teacher=t(other), labels=torch.tensor(labels))),
+                       loss)
+    other = [row[:] for row in teacher]
+    other[3] = [0.0, 7.0, 0.0]
+    assert not torch.equal(strategy.loss(Outputs(student=t(student), teacher=t(other),
+                                                 labels=torch.tensor(labels))), loss)
+    # no negative flip -> plain 0.68 KL + 0.32 CE over every sample
+    right_teacher = [[2.0, 0.0, 0.0]] + teacher[1:]
+    full = strategy.loss(Outputs(student=t(student), teacher=t(right_teacher), labels=torch.tensor(labels)))
+    kl_all = sum(kl(right_teacher[i], student[i]) for i in range(4)) / 4
+    assert close(full, 0.68 * kl_all + 0.32 * ce)
+
+
+class TinyNet(nn.Module):
+    """A linear layer and a batch norm: float weights, float buffers and the integer num_batches_tracked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 1)
+        self.bn = nn.BatchNorm1d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.fc(x))
+
+    def set(self, w: list[float], b: float, mean: float, tracked: int) -> None:
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([w]))
+            self.fc.bias.fill_(b)
+            self.bn.running_mean.fill_(mean)
+            self.bn.num_batches_tracked.fill_(tracked)
+
+
+def test_xekl_mcl_slow_weights_every_second_step() -> None:
+    net = TinyNet()
+    net.set([1.0, 2.0], 0.5, 0.0, 0)
+    s = XEKLMCL(tau=0.5, every=2)
+    s.setup(net)
+    assert torch.equal(s.slow["fc.weight"], torch.tensor([[1.0, 2.0]]))
+
+    net.set([3.0, -2.0], 1.5, 4.0, 5)  # the fast weights after an optimizer step
+    assert torch.equal(s.slow["fc.weight"], torch.tensor([[1.0, 2.0]]))  # slow is a copy, not a view
+    s.after_step(net, 1)  # odd step: nothing
+    assert torch.equal(s.slow["fc.weight"], torch.tensor([[1.0, 2.0]]))
+    assert float(s.slow["fc.bias"]) == 0.5 and int(s.slow["bn.num_batches_tracked"]) == 0
+
+    s.after_step(net, 2)  # slow = 0.5 slow + 0.5 fast
+    assert torch.equal(s.slow["fc.weight"], torch.tensor([[0.5 * 1 + 0.5 * 3, 0.5 * 2 + 0.5 * -2]]))  # [2, 0]
+    assert float(s.slow["fc.bias"]) == 0.5 * 0.5 + 0.5 * 1.5  # 1.0
+    assert float(s.slow["bn.running_mean"]) == 0.5 * 0.0 + 0.5 * 4.0  # float buffers are averaged too
+    assert s.slow["bn.num_batches_tracked"].dtype == torch.int64
+    assert int(s.slow["bn.num_batches_tracked"]) == 5  # integer buffers are copied
+
+    net.set([5.0, 0.0], 1.0, 0.0, 9)
+    s.after_step(net, 3)
+    assert torch.equal(s.slow["fc.weight"], torch.tensor([[2.0, 0.0]]))
+    s.after_step(net, 4)
+    assert torch.equal(s.slow["fc.weight"], torch.tensor([[3.5, 0.0]]))
+    assert int(s.slow["bn.num_batches_tracked"]) == 9
+
+    # evaluation (and the saved checkpoint) use the slow weights; the fast student is left alone
+    evaluated = s.eval_model(net)
+    assert evaluated is not net
+    assert torch.equal(evaluated.fc.weight, torch.tensor([[3.5, 0.0]]))
+    assert torch.equal(net.fc.weight, torch.tensor([[5.0, 0.0]]))
+    x = torch.tensor([[1.0, 1.0]])
+    evaluated.eval().requires_grad_(False)
+    # slow bias 1.0 (0.5 -> 1.0 -> 1.0), slow running mean 1.0 (0 -> 2 -> 1), running var 1, gamma 1, beta 0
+    assert float(s.slow["fc.bias"]) == 1.0 and float(s.slow["bn.running_mean"]) == 1.0
+    assert float(evaluated(x)) == pytest.approx((3.5 * 1 + 0.0 * 1 + 1.0 - 1.0) / math.sqrt(1 + 1e-5), rel=1e-6)
+
+
+def test_xekl_mcl_default_tau_moves_slowly() -> None:
+    net = TinyNet()
+    net.set([1.0, 1.0], 0.0, 0.0, 0)
+    s = XEKLMCL()
+    s.setup(net)
+    net.set([2.0, 1.0], 0.0, 0.0, 0)
+    s.after_step(net, 2)
+    assert float(s.slow["fc.weight"][0, 0]) == pytest.approx(0.9999 * 1 + 0.0001 * 2, rel=1e-6)
+
+
+def test_xekl_mcl_state_round_trip_and_setup_keeps_restored_slow_weights() -> None:
+    net = TinyNet()
+    net.set([1.0, 2.0], 0.5, 0.0, 0)
+    s = XEKLMCL(tau=0.5, every=2)
+    s.setup(net)
+    net.set([3.0, -2.0], 1.5, 4.0, 5)
+    s.after_step(net, 2)
+    saved = s.state_dict()
+
+    restored = XEKLMCL(tau=0.5, every=2)
+    assert restored.eval_model(net) is net  # before setup / restore there are no slow weights
+    restored.load_state_dict(saved)
+    fresh = TinyNet()  # a resumed run calls setup() with its student: it must not overwrite the restored slow
+    restored.setup(fresh)
+    assert restored.slow.keys() == s.slow.keys()
+    for k in s.slow:
+        assert torch.equal(restored.slow[k], s.slow[k])
+    assert torch.equal(restored.eval_model(fresh).fc.weight, torch.tensor([[2.0, 0.0]]))
+
+    # through torch.save, as the training loop checkpoints it
+    import io
+
+    buf = io.BytesIO()
+    torch.save(s.state_dict(), buf)
+    buf.seek(0)
+    again = XEKLMCL(tau=0.5, every=2)
+    again.load_state_dict(torch.load(buf, weights_only=False))
+    for k in s.slow:
+        assert torch.equal(again.slow[k], s.slow[k])
+
+
+def test_plain_strategies_have_no_weight_level_state() -> None:
+    net = TinyNet()
+    for strategy in (KL(), XEKL(), KLDP(), KLDP(supervised=False)):
+        strategy.setup(net)
+        strategy.after_step(net, 2)
+        assert strategy.eval_model(net) is net
+        assert strategy.state_dict() == {}

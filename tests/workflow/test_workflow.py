@@ -1,0 +1,114 @@
+"""The whole DAG on the tiny config: every artifact exists and agrees with every other one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kt.artifacts import describe, read_logits
+from kt.metrics import run_metrics
+
+pytestmark = pytest.mark.workflow
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "tests" / "workflow" / "config.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(CONFIG), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    done = snakemake(workdir, "--cores", "2")
+    assert done.returncode == 0, done.stderr[-4000:]
+    return workdir / "results"
+
+
+def test_every_model_has_eval_logits_on_the_same_samples(run: Path) -> None:
+    files = sorted((run / "logits" / "eval").glob("*.h5"))
+    assert [f.stem for f in files] == ["mobilenet", "resnet", "vit"]
+    logits = [read_logits(f) for f in files]
+    assert len({lf.attrs["dataset_fingerprint"] for lf in logits}) == 1
+    for lf in logits:
+        assert lf.logits.shape == (300, 10)
+        assert lf.attrs["weights_origin"].startswith("file:") and lf.attrs["weights_origin"].endswith(".pth")
+        assert lf.attrs["accuracy"] == pytest.approx(lf.accuracy)
+
+
+def test_complementarity_table_recomputes_from_logits(run: Path) -> None:
+    table = pl.read_parquet(run / "complementarity" / "pairs.parquet")
+    assert table.height == 6
+    assert (table["teacher"] != table["student"]).all()
+    files = {f.stem: read_logits(f) for f in (run / "logits" / "eval").glob("*.h5")}
+    for row in table.iter_rows(named=True):
+        t, s = files[row["teacher"]], files[row["student"]]
+        right_t, right_s = t.predictions == t.labels, s.predictions == s.labels
+        assert row["pos_flips"] == pytest.approx(100 * (right_t & ~right_s).mean())
+        assert row["neg_flips"] == pytest.approx(100 * (~right_t & right_s).mean())
+        assert row["teacher_acc"] == pytest.approx(t.accuracy)
+    assert describe(run / "complementarity" / "per_class.h5")["datasets"]
+    assert (run / "figures" / "flip_heatmap.png").stat().st_size > 1000
+
+
+def test_transfer_runs_and_metrics_are_consistent(run: Path) -> None:
+    pairs = pl.read_parquet(run / "pairs.parquet")
+    assert pairs.height >= 1 and (pairs["teacher"] != pairs["student"]).all()
+    summary = pl.read_parquet(run / "summary.parquet")
+    runs = summary.filter(pl.col("scope") == "run")
+    assert runs.height == pairs.height * 2
+    files = {f.stem: read_logits(f) for f in (run / "logits" / "eval").glob("*.h5")}
+    for row in runs.iter_rows(named=True):
+        folder = run / "transfer" / row["strategy"] / f"{row['teacher']}__{row['student']}"
+        before, after = read_logits(folder / "eval_before.h5"), read_logits(folder / "eval_after.h5")
+        student, teacher = files[row["student"]], files[row["teacher"]]
+        assert before.attrs["dataset_fingerprint"] == student.attrs["dataset_fingerprint"]
+        np.testing.assert_allclose(before.logits, student.logits, rtol=1e-4, atol=1e-4)
+        expected = run_metrics(before.predictions, after.predictions, teacher.predictions, before.labels, 10)
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value), key
+        epochs = pl.read_parquet(folder / "metrics.parquet")
+        assert epochs["epoch"].to_list() == [0, 1]
+        assert json.loads((folder / "config.json").read_text())["strategy"] == row["strategy"]
+        assert not (folder / "state.pt").exists()
+    strategies = summary.filter(pl.col("scope") == "strategy")
+    assert sorted(strategies["strategy"].to_list()) == ["kl", "kl_dp"]
+    assert ((strategies["success_rate"] >= 0) & (strategies["success_rate"] <= 100)).all()
+    assert {p.name for p in (run / "figures" / "transfer").glob("*.png")} >= {
+        "success_rate.png", "delta_vs_accdiff.png", "gain_vs_loss.png", "epoch_curves.png"}
+
+
+def test_nothing_half_written_and_rerun_is_a_no_op(run: Path) -> None:
+    assert not [p for p in run.rglob(".*.tmp-*")]
+    dry = snakemake(run.parent, "-n", "--cores", "2")
+    assert dry.returncode == 0
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_report_renders_in_a_real_browser(run: Path, tmp_path: Path) -> None:
+    report = run.parent / "report.html"
+    done = snakemake(run.parent, "--report", str(report))
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = report.read_text()
+    assert "flip_heatmap.png" in html and "summary.csv" in html
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs it)")
+    shot = REPO / "results" / "test-artifacts" / "report.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,1000",
+                    f"--screenshot={shot}", report.as_uri()], check=True, timeout=120, capture_output=True)
+    assert shot.stat().st_size > 10_000

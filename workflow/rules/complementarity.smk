@@ -1,0 +1,49 @@
+# Where the gains are: every ordered pair scored from the eval logits, then the pairs to transfer.
+
+
+rule complementarity:
+    input:
+        logits=logits("eval"),
+    output:
+        table=f"{RESULTS}/complementarity/pairs.parquet",
+        per_class=f"{RESULTS}/complementarity/per_class.h5",
+        heatmap=report(
+            f"{RESULTS}/figures/flip_heatmap.png",
+            caption="../report/flip_heatmap.rst",
+            category="Complementarity",
+        ),
+        scatter=report(
+            f"{RESULTS}/figures/knowledge_vs_accdiff.png",
+            caption="../report/knowledge_vs_accdiff.rst",
+            category="Complementarity",
+        ),
+    log:
+        f"{RESULTS}/logs/complementarity.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/complementarity.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "{KT} --threads {threads} complementarity --logits {input.logits} --out {output.table} "
+        "--per-class {output.per_class} --heatmap {output.heatmap} --scatter {output.scatter} > {log} 2>&1"
+
+
+checkpoint select_pairs:
+    input:
+        table=rules.complementarity.output.table,
+    output:
+        pairs=f"{RESULTS}/pairs.parquet",
+    params:
+        policy=as_arg(config["select"]),
+    log:
+        f"{RESULTS}/logs/select.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/select.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "{KT} select --table {input.table} --policy {params.policy} --out {output.pairs} > {log} 2>&1"

@@ -1,0 +1,51 @@
+# Metrics per transfer run, the summary over all runs, and its figures.
+
+
+rule evaluate:
+    input:
+        run=rules.transfer.output,
+        teacher_logits=f"{RESULTS}/logits/eval/{{teacher}}.h5",
+    output:
+        metrics=f"{RUN}/transfer_metrics.parquet",
+    params:
+        run_dir=run_dir,
+    log:
+        f"{RESULTS}/logs/evaluate/{{strategy}}/{{teacher}}__{{student}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{strategy}}/{{teacher}}__{{student}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{KT} evaluate --run {params.run_dir} --teacher-logits {input.teacher_logits} --strategy {wildcards.strategy} "
+        "--teacher {wildcards.teacher} --student {wildcards.student} --out {output.metrics} > {log} 2>&1"
+
+
+rule summarize:
+    input:
+        metrics=run_files("transfer_metrics.parquet"),
+        epochs=run_files("metrics.parquet"),
+        pairs=f"{RESULTS}/pairs.parquet",
+    output:
+        table=f"{RESULTS}/summary.parquet",
+        csv=report(f"{RESULTS}/summary.csv", caption="../report/summary.rst", category="Transfer"),
+        figures=report(
+            directory(f"{RESULTS}/figures/transfer"),
+            patterns=["{name}.png"],
+            caption="../report/transfer_figures.rst",
+            category="Transfer",
+        ),
+    params:
+        similar_within=config["select"].get("similar_within", 1.0),
+    log:
+        f"{RESULTS}/logs/summarize.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summarize.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{KT} summarize --metrics {input.metrics} --epochs {input.epochs} --pairs {input.pairs} --similar-within {params.similar_within} "
+        "--out {output.table} --csv {output.csv} --figures {output.figures} > {log} 2>&1"

@@ -1,0 +1,59 @@
+# Transfer: one job per (strategy, teacher, student); the frozen-output cache is shared per pair.
+
+
+rule cache_frozen:
+    input:
+        teacher=lambda w: weights_of(w.teacher),
+        student=lambda w: weights_of(w.student),
+    output:
+        cache=f"{RESULTS}/transfer/cache/{{teacher}}__{{student}}.h5",
+    params:
+        teacher=lambda w: spec_arg(w.teacher),
+        student=lambda w: spec_arg(w.student),
+        dataset=dataset_arg,
+        settings=lambda w: settings_arg(None),
+    log:
+        f"{RESULTS}/logs/cache/{{teacher}}__{{student}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cache/{{teacher}}__{{student}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    shell:
+        "{KT} --threads {threads} cache-frozen --teacher {params.teacher} --student {params.student} "
+        "--dataset {params.dataset} --settings {params.settings} --out {output.cache} > {log} 2>&1"
+
+
+rule transfer:
+    input:
+        teacher=lambda w: weights_of(w.teacher),
+        student=lambda w: weights_of(w.student),
+        cache=frozen_cache,
+    output:
+        weights=f"{RUN}/student.pth",
+        before=f"{RUN}/eval_before.h5",
+        after=f"{RUN}/eval_after.h5",
+        metrics=f"{RUN}/metrics.parquet",
+        config=f"{RUN}/config.json",
+    params:
+        teacher=lambda w: spec_arg(w.teacher),
+        student=lambda w: spec_arg(w.student),
+        dataset=dataset_arg,
+        settings=lambda w: settings_arg(w.strategy),
+        cache=lambda w, input: f"--cache {input.cache}" if input.cache else "",
+        run_dir=run_dir,
+    log:
+        f"{RESULTS}/logs/transfer/{{strategy}}/{{teacher}}__{{student}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/transfer/{{strategy}}/{{teacher}}__{{student}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "{KT} --threads {threads} transfer --teacher {params.teacher} --student {params.student} "
+        "--strategy {wildcards.strategy} --dataset {params.dataset} --settings {params.settings} "
+        "{params.cache} --out {params.run_dir} > {log} 2>&1"
