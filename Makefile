@@ -7,7 +7,7 @@ CORES ?= all
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup data run test lint clean
+.PHONY: setup data test-deps run test lint clean
 
 setup: $(VENV)/.installed
 
@@ -18,12 +18,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 data:
-	@bash scripts/install-data.sh
+	@bash scripts/install-system.sh
+
+test-deps:
+	@bash scripts/install-system.sh --test
 
 run: setup data
 	$(BIN)/snakemake --cores $(CORES)
 
-test: setup data
+test: setup test-deps
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
 
 lint: setup

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import kt.transfer
 from kt.artifacts import read_logits
 from kt.data import load_split
 from kt.models import Classifier, ModelSpec, create_model
@@ -103,13 +104,13 @@ class Bare:
         lr = s.lr or 1e-4 * s.batch_size / 256
         return student, torch.optim.SGD(student.parameters(), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
-    def epoch(self, seed: int) -> tuple[float, int]:
-        """(seconds, steps) of one epoch on a fresh student (model creation not timed)."""
+    def epoch(self, seed: int) -> tuple[float, int, float]:
+        """(wall seconds, steps, CPU seconds) of one epoch on a fresh student (model creation not timed)."""
         student, opt = self.fresh_student()
         n, bs = len(self.labels), self.settings.batch_size
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         steps = 0
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for start in range(0, n, bs):
             idx = order[start:start + bs]
             y = self.labels[idx]
@@ -125,17 +126,38 @@ class Bare:
             loss.backward()
             opt.step()
             steps += 1
-        return time.perf_counter() - t0, steps
+        return time.perf_counter() - t0, steps, time.process_time() - c0
+
+
+class CpuClock:
+    """Stands in for the ``time`` module inside ``kt.transfer``: its ``perf_counter`` (called exactly at the
+    start and the end of each epoch's loop) returns wall time as usual and records the process CPU time of
+    the same instants, so an epoch's CPU seconds can be reported beside the metrics' wall seconds."""
+
+    def __init__(self) -> None:
+        self.cpu: list[float] = []
+
+    def perf_counter(self) -> float:
+        self.cpu.append(time.process_time())
+        return time.perf_counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
 
 
 def kt_epoch(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any], settings: TransferSettings,
-             out: Path) -> tuple[float, int, float]:
-    """(training seconds of the epoch, steps, whole-call wall seconds) of one kt run."""
-    t0 = time.perf_counter()
-    metrics = transfer(teacher, student, "kl_dp", dataset, out, settings)
-    wall = time.perf_counter() - t0
+             out: Path) -> tuple[float, int, float, float]:
+    """(wall seconds of epoch 1's loop, steps, CPU seconds of that loop, whole-call wall seconds) of one kt run."""
+    clock = CpuClock()
+    kt.transfer.time = clock
+    try:
+        t0 = time.perf_counter()
+        metrics = transfer(teacher, student, "kl_dp", dataset, out, settings)
+        wall = time.perf_counter() - t0
+    finally:
+        kt.transfer.time = time
     row = metrics.filter(metrics["epoch"] == 1).row(0, named=True)
-    return row["seconds"], row["step"], wall
+    return row["seconds"], row["step"], clock.cpu[1] - clock.cpu[0], wall
 
 
 def part_a(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any], settings: TransferSettings,
@@ -146,19 +168,25 @@ def part_a(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any], sett
     # warm-up: imports, oneDNN primitives for these shapes, the allocator
     kt_epoch(teacher, student, dataset, plain, folder / "warm")
     bare.epoch(0)
-    runs: dict[str, list[float]] = {"kt": [], "kt_flip_crop": [], "bare": [], "kt_wall": []}
+    runs: dict[str, list[float]] = {k: [] for k in ("kt", "kt_flip_crop", "bare", "kt_cpu", "kt_flip_crop_cpu",
+                                                    "bare_cpu", "kt_wall")}
     for r in range(repeats):  # interleaved, so background load hits every side alike
-        seconds, steps = bare.epoch(r)
+        seconds, steps, cpu = bare.epoch(r)
         runs["bare"].append(seconds / steps)
-        seconds, steps, wall = kt_epoch(teacher, student, dataset, plain, folder / f"a-none-{r}")
-        runs["kt"].append(seconds / steps)
-        runs["kt_wall"].append(wall)
-        seconds, steps, _ = kt_epoch(teacher, student, dataset, augmented, folder / f"a-fc-{r}")
-        runs["kt_flip_crop"].append(seconds / steps)
+        runs["bare_cpu"].append(cpu / steps)
+        for key, s in (("kt", plain), ("kt_flip_crop", augmented)):
+            seconds, steps, cpu, wall = kt_epoch(teacher, student, dataset, s, folder / f"a-{key}-{r}")
+            runs[key].append(seconds / steps)
+            runs[f"{key}_cpu"].append(cpu / steps)
+            if key == "kt":
+                runs["kt_wall"].append(wall)
     best = {k: min(v) for k, v in runs.items()}
     return {"steps": steps, "kt_ms": 1e3 * best["kt"], "kt_flip_crop_ms": 1e3 * best["kt_flip_crop"],
             "bare_ms": 1e3 * best["bare"], "ratio": best["kt"] / best["bare"],
-            "ratio_flip_crop": best["kt_flip_crop"] / best["bare"], "kt_call_wall_s": best["kt_wall"],
+            "ratio_flip_crop": best["kt_flip_crop"] / best["bare"], "kt_cpu_ms": 1e3 * best["kt_cpu"],
+            "kt_flip_crop_cpu_ms": 1e3 * best["kt_flip_crop_cpu"], "bare_cpu_ms": 1e3 * best["bare_cpu"],
+            "ratio_cpu": best["kt_cpu"] / best["bare_cpu"],
+            "ratio_flip_crop_cpu": best["kt_flip_crop_cpu"] / best["bare_cpu"], "kt_call_wall_s": best["kt_wall"],
             "runs_ms": {k: [round(1e3 * x, 2) for x in v] for k, v in runs.items() if k != "kt_wall"}}
 
 
@@ -169,29 +197,39 @@ def part_b(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any], sett
            folder: Path, repeats: int, epochs: int) -> dict[str, Any]:
     online = replace(settings, epochs=epochs)
     cached = replace(settings, epochs=epochs, cache_views=epochs)  # one view per epoch: same views as online
-    runs: dict[str, list[float]] = {"build": [], "online_train": [], "cached_train": [],
-                                    "online_wall": [], "cached_wall": []}
+    runs: dict[str, list[float]] = {k: [] for k in ("build", "build_cpu", "online_train", "cached_train",
+                                                    "online_cpu", "cached_cpu", "online_wall", "cached_wall")}
     cache = folder / "cache.h5"
     build_cache(teacher, student, dataset, cached, folder / "warm-cache.h5")  # warm-up
     for r in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         build_cache(teacher, student, dataset, cached, cache)
         runs["build"].append(time.perf_counter() - t0)
+        runs["build_cpu"].append(time.process_time() - c0)
         for name, s, kwargs in (("online", online, {}), ("cached", cached, {"cache": cache})):
-            out = folder / f"b-{name}-{r}"
-            t0 = time.perf_counter()
-            metrics = transfer(teacher, student, "kl_dp", dataset, out, s, **kwargs)
-            runs[f"{name}_wall"].append(time.perf_counter() - t0)
+            clock = CpuClock()
+            kt.transfer.time = clock
+            try:
+                t0 = time.perf_counter()
+                metrics = transfer(teacher, student, "kl_dp", dataset, folder / f"b-{name}-{r}", s, **kwargs)
+                runs[f"{name}_wall"].append(time.perf_counter() - t0)
+            finally:
+                kt.transfer.time = time
             runs[f"{name}_train"].append(float(metrics["seconds"].sum()))
+            runs[f"{name}_cpu"].append(sum(clock.cpu[i + 1] - clock.cpu[i] for i in range(0, len(clock.cpu), 2)))
     best = {k: min(v) for k, v in runs.items()}
     saved = best["online_train"] - best["cached_train"]
+    saved_cpu = best["online_cpu"] - best["cached_cpu"]
     same = np.array_equal(read_logits(folder / "b-online-0" / "eval_after.h5").logits,
                           read_logits(folder / "b-cached-0" / "eval_after.h5").logits)
     return {"epochs": epochs, "build_s": best["build"], "online_train_s": best["online_train"],
             "cached_train_s": best["cached_train"], "speedup_train": best["online_train"] / best["cached_train"],
+            "build_cpu_s": best["build_cpu"], "online_cpu_s": best["online_cpu"], "cached_cpu_s": best["cached_cpu"],
+            "speedup_cpu": best["online_cpu"] / best["cached_cpu"],
             "online_wall_s": best["online_wall"], "cached_wall_s": best["cached_wall"],
             "speedup_wall": best["online_wall"] / best["cached_wall"],
             "break_even_runs": best["build"] / saved if saved > 0 else float("inf"),
+            "break_even_runs_cpu": best["build_cpu"] / saved_cpu if saved_cpu > 0 else float("inf"),
             "identical_logits": bool(same), "runs_s": {k: [round(x, 3) for x in v] for k, v in runs.items()}}
 
 
@@ -255,6 +293,9 @@ def main() -> int:
               f"bare {a['bare_ms']:.1f} ms/step")
         print(f"    kt/bare = {a['ratio']:.3f} (flip_crop: {a['ratio_flip_crop']:.3f}); target <= 1.10: "
               f"{'met' if a['ratio'] <= 1.10 else 'NOT met'}; whole kt call {a['kt_call_wall_s']:.2f} s")
+        print(f"    CPU time: kt {a['kt_cpu_ms']:.1f} ms/step (none), {a['kt_flip_crop_cpu_ms']:.1f} (flip_crop); "
+              f"bare {a['bare_cpu_ms']:.1f}; kt/bare = {a['ratio_cpu']:.3f} "
+              f"(flip_crop: {a['ratio_flip_crop_cpu']:.3f})")
         print(f"    runs (ms/step): {a['runs_ms']}")
     if "cache" in results:
         b = results["cache"]
@@ -265,6 +306,8 @@ def main() -> int:
         print(f"    whole calls: online {b['online_wall_s']:.2f} s, cached {b['cached_wall_s']:.2f} s "
               f"({b['speedup_wall']:.2f}x); break-even after {b['break_even_runs']:.2f} strategy runs of "
               f"{b['epochs']} epochs; final logits identical: {b['identical_logits']}")
+        print(f"    CPU time: build {b['build_cpu_s']:.2f} s; training online {b['online_cpu_s']:.2f} s, cached "
+              f"{b['cached_cpu_s']:.2f} s -> {b['speedup_cpu']:.2f}x; break-even {b['break_even_runs_cpu']:.2f} runs")
         print(f"    runs (s): {b['runs_s']}")
     return 0
 

@@ -7,11 +7,35 @@ an unknown model, dataset or strategy before any job runs.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from kt.errors import KtError
+import yaml
+from jsonschema import Draft202012Validator
+
+from kt.errors import KtError, closest
 from kt.models import ModelSource, ModelSpec
 from kt.registry import get_registry
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    message = error.message
+    if error.validator == "additionalProperties":
+        known = list(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        hints = "".join(closest(u, known) for u in unknown)
+        message = f"unknown key(s) {unknown}.{hints} Allowed here: {', '.join(known)}."
+    return f"{where}: {message}"
+
+
+def validate(config: dict[str, Any], schema_file: str | Path) -> None:
+    """Every schema violation at once, each with its key path (``transfer.epochs: ...``)."""
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_describe(e) for e in errors)
+        raise KtError(f"the config is invalid:\n  {lines}\nEvery key is documented in config.yaml.")
 
 
 def zoo_specs(config: dict[str, Any], results: str = "results") -> dict[str, ModelSpec]:
