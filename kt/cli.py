@@ -87,7 +87,8 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     from kt.transfer import transfer
 
     transfer(ModelSpec.parse(args.teacher) if args.teacher else None, ModelSpec.parse(args.student),
-             args.strategy, args.dataset, args.out, _settings(args), cache=args.cache, registry=_registry(args))
+             args.strategy, args.dataset, args.out, _settings(args), cache=args.cache, registry=_registry(args),
+             before=args.before)
 
 
 @command
@@ -198,6 +199,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, help="run folder (transfer) or cache file (cache-frozen)")
     sub.choices["transfer"].add_argument("--strategy", required=True)
     sub.choices["transfer"].add_argument("--cache", default=None, help="frozen-output cache file")
+    sub.choices["transfer"].add_argument("--before", default=None,
+                                         help="the student's extracted eval logits (reused, not recomputed)")
     s = add("complementarity")
     s.add_argument("--logits", nargs="+", required=True, help="eval logits files, one per model")
     s.add_argument("--out", required=True, help="pairs table (parquet)")

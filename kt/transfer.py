@@ -22,7 +22,7 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from kt.artifacts import atomic_path, open_h5, set_attrs
+from kt.artifacts import atomic_path, open_h5, read_logits, set_attrs
 from kt.augment import AugmentPlan
 from kt.data import Split, load_split
 from kt.device import autocast, pick_device
@@ -159,10 +159,25 @@ def load_cache(path: str | Path, teacher: ModelSpec, student: ModelSpec, train: 
         return {k: torch.from_numpy(f[k][:]) for k in ("teacher", "initial")}
 
 
+def initial_eval(model: Classifier, data: Split, settings: TransferSettings, device: torch.device,
+                 extracted: str | Path | None) -> np.ndarray:
+    """The student's eval logits before transfer: read from its extraction file when one is given
+    (the same model on the same samples: no need to run it again), else computed."""
+    if extracted is None:
+        return evaluate(model, data, settings, device)
+    known = read_logits(extracted)
+    if known.attrs.get("dataset_fingerprint") != data.fingerprint() or known.logits.shape[1] != model.num_classes:
+        raise KtError(f"{extracted} does not hold this student's logits on this evaluation set; "
+                      "rerun its extraction with the same dataset config.")
+    return known.logits
+
+
 def transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
              out_dir: str | Path, settings: TransferSettings | None = None, cache: str | Path | None = None,
-             registry: Registry | None = None) -> pl.DataFrame:
+             registry: Registry | None = None, before: str | Path | None = None) -> pl.DataFrame:
     """Train ``student`` from ``teacher`` with a strategy; write the run folder; return per-epoch metrics.
+
+    ``before``: the student's extracted eval logits, reused as the before-transfer evaluation.
 
     Folder: ``student.pth`` (weights evaluated), ``eval_before.h5``/``eval_after.h5`` (logits layout),
     ``metrics.parquet`` (per epoch), ``config.json``; ``state.pt`` (resume point) while running.
@@ -204,7 +219,7 @@ def transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str, 
         history, start_epoch, step = state["history"], state["epoch"], state["step"]
         log.info("resuming %s from epoch %d", pair, start_epoch)
     else:
-        before = evaluate(model, evald, settings, dev)
+        before = initial_eval(model, evald, settings, dev, before)
         write_logits(out / "eval_before.h5", before, evald, logits_attrs(student, model, evald, dataset, before))
         history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "teacher_share": float("nan"),
                         "eval_accuracy": float((before.argmax(1) == evald.labels).mean() * 100), "seconds": 0.0})

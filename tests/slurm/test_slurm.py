@@ -37,12 +37,10 @@ RUN_TIMEOUT_S = 15 * 60  # hard limit of one Snakemake run
 START_TIMEOUT_S = 15 * 60  # apt-get update + install + daemons
 CANNOT_INSTALL = 3  # start.sh's exit code when the packages are missing and cannot be installed
 
-# The test cluster has no GPUs: the profile asks for one per `extract` job, so take that away (on
-# the command line, --set-resources replaces the profile's whole set-resources key). And poll
-# sooner than the profile's 20 s (the plugin needs MinJobAge >= 3x this; start.sh sets 3600 s): the
-# plugin waits this long before its first status query and 10 s longer before each next one, until a
-# job completes.
-SLURM_TEST_ARGS = ["--set-resources", "extract:gpu=0", "--slurm-init-seconds-before-status-checks", "2"]
+# Poll sooner than the profile's 20 s (the plugin needs MinJobAge >= 3x this; start.sh sets 3600 s):
+# the plugin waits this long before its first status query, then 10 s longer before each next one
+# until a job completes.
+FAST_POLLING = ["--slurm-init-seconds-before-status-checks", "2"]
 
 # The part of the tiny DAG both runs execute: every job up to the logits (train_zoo, extract), which
 # is what makes or breaks a cluster run (GPU requests, environment, shared files, status polling);
@@ -81,12 +79,29 @@ def slurm() -> None:
 
 
 @pytest.fixture(scope="module")
-def slurm_and_local_runs(slurm, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+def slurm_args(slurm, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """How the tests run the workflow through the SLURM profile on the test cluster.
+
+    The cluster has no GPUs, while the profile (and the rules themselves) ask for one per GPU job,
+    which sbatch would refuse. So every rule of the workflow gets gpu=0 -- all of them, read from
+    `snakemake --list-rules`, so that a new GPU rule needs no change here; gpu=0 on a CPU rule is a
+    no-op. (On the command line --set-resources replaces the profile's whole set-resources key.)
+    """
+    cmd = [sys.executable, "-m", "snakemake", "--list-rules", "--configfile", str(TINY_CONFIG),
+           "--directory", str(tmp_path_factory.mktemp("rules"))]
+    proc = subprocess.run(cmd, cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=300)
+    rules = [line.strip() for line in proc.stdout.splitlines() if re.fullmatch(r"\w+", line.strip())]
+    assert proc.returncode == 0 and "extract" in rules, proc.stdout + proc.stderr
+    return ["--workflow-profile", PROFILE, "--set-resources", *(f"{rule}:gpu=0" for rule in rules), *FAST_POLLING]
+
+
+@pytest.fixture(scope="module")
+def slurm_and_local_runs(slurm_args, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
     """The tiny workflow run twice from the repository root: locally, then through the SLURM profile."""
     local = tmp_path_factory.mktemp("local")
     local_out = run_snakemake(local, ["--cores", "2", *UNTIL])
     cluster = tmp_path_factory.mktemp("slurm")
-    cluster_out = run_snakemake(cluster, ["--workflow-profile", PROFILE, *SLURM_TEST_ARGS, *UNTIL])
+    cluster_out = run_snakemake(cluster, [*slurm_args, *UNTIL])
     return {"local": (local, local_out), "slurm": (cluster, cluster_out)}
 
 
@@ -233,7 +248,7 @@ def test_slurm_results_equal_local_results(slurm_and_local_runs):
         assert a.attrs["dataset_fingerprint"] == b.attrs["dataset_fingerprint"], name
 
 
-def test_failing_slurm_job_fails_the_run_cleanly(slurm, tmp_path, tiny_resnet_spec):
+def test_failing_slurm_job_fails_the_run_cleanly(slurm_args, tmp_path, tiny_resnet_spec):
     """Two jobs that pass validation (and `snakemake -n`) but fail inside their SLURM job: training a
     zoo model whose `drop_rate` is not a number, and extracting logits of a model with the same flaw
     from a local weight file (this one fails with its HDF5 temp file already open)."""
@@ -249,7 +264,7 @@ def test_failing_slurm_job_fails_the_run_cleanly(slurm, tmp_path, tiny_resnet_sp
     configfile.write_text(yaml.safe_dump(config))
     targets = ["results/zoo/bad_train.pth", "results/logits/eval/bad_extract.h5"]
 
-    output = run_snakemake(tmp_path, ["--workflow-profile", PROFILE, *SLURM_TEST_ARGS, "--keep-going"],
+    output = run_snakemake(tmp_path, [*slurm_args, "--keep-going"],
                            configfile=configfile, targets=targets, expect_success=False)
 
     # Snakemake names both failed rules and where to look.

@@ -31,6 +31,7 @@ rule transfer:
         teacher=lambda w: weights_of(w.teacher),
         student=lambda w: weights_of(w.student),
         cache=frozen_cache,
+        extracted=f"{RESULTS}/logits/eval/{{student}}.h5",
     output:
         weights=f"{RUN}/student.pth",
         before=f"{RUN}/eval_before.h5",
@@ -56,4 +57,4 @@ rule transfer:
     shell:
         "{KT} --threads {threads} transfer --teacher {params.teacher} --student {params.student} "
         "--strategy {wildcards.strategy} --dataset {params.dataset} --settings {params.settings} "
-        "{params.cache} --out {params.run_dir} > {log} 2>&1"
+        "{params.cache} --before {input.extracted} --out {params.run_dir} > {log} 2>&1"
