@@ -7,6 +7,7 @@ an unknown model, dataset or strategy before any job runs.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,21 @@ def _describe(error: Any) -> str:
     return f"{where}: {message}"
 
 
+def _fill_defaults(schema: dict[str, Any], config: Any) -> None:
+    """Insert the schema's defaults for missing keys, recursively (objects only)."""
+    if not isinstance(config, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in config and "default" in sub:
+            config[key] = copy.deepcopy(sub["default"])
+        if key in config:
+            _fill_defaults(sub, config[key])
+
+
 def validate(config: dict[str, Any], schema_file: str | Path) -> None:
-    """Every schema violation at once, each with its key path (``transfer.epochs: ...``)."""
+    """Fill in defaults, then report every schema violation at once, each with its key path."""
     schema = yaml.safe_load(Path(schema_file).read_text())
+    _fill_defaults(schema, config)
     errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = "\n  ".join(_describe(e) for e in errors)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -122,29 +123,27 @@ def plot_summary(table: pl.DataFrame, folder: str | Path) -> list[Path]:
     ax.set_title("Share of teachers that improve the student")
     out.append(save_figure(fig, folder / "success_rate.png"))
 
-    fig = Figure(figsize=(5.5, 3.8))
-    ax = fig.subplots()
-    for s in strategies:
-        r = runs.filter(pl.col("strategy") == s)
-        ax.scatter(r["acc_diff"], r["delta"], label=s, color=colors[s], s=20)
+    def scatter(x: str, y: str, xlabel: str, ylabel: str, size: tuple[float, float]) -> Axes:
+        fig = Figure(figsize=size)
+        ax = fig.subplots()
+        for s in strategies:
+            r = runs.filter(pl.col("strategy") == s)
+            ax.scatter(r[x], r[y], label=s, color=colors[s], s=20)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        return ax
+
+    ax = scatter("acc_diff", "delta", "teacher − student accuracy (points)", "transfer delta Δ (points)", (5.5, 3.8))
     ax.axhline(0, color="k", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("teacher − student accuracy (points)")
-    ax.set_ylabel("transfer delta Δ (points)")
-    ax.legend(fontsize=8)
-    out.append(save_figure(fig, folder / "delta_vs_accdiff.png"))
+    out.append(save_figure(ax.figure, folder / "delta_vs_accdiff.png"))
 
-    fig = Figure(figsize=(4.5, 4.2))
-    ax = fig.subplots()
-    for s in strategies:
-        r = runs.filter(pl.col("strategy") == s)
-        ax.scatter(r["knowledge_loss"], r["knowledge_gain"], label=s, color=colors[s], s=20)
+    ax = scatter("knowledge_loss", "knowledge_gain", "knowledge loss (% right before, wrong after)",
+                 "knowledge gain (% wrong before, right after)", (4.5, 4.2))
     top = float(max(runs["knowledge_gain"].max() or 0, runs["knowledge_loss"].max() or 0)) * 1.1 + 0.1
     ax.plot([0, top], [0, top], color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("knowledge loss (% right before, wrong after)")
-    ax.set_ylabel("knowledge gain (% wrong before, right after)")
-    ax.legend(fontsize=8)
-    out.append(save_figure(fig, folder / "gain_vs_loss.png"))
+    out.append(save_figure(ax.figure, folder / "gain_vs_loss.png"))
     return out
 
 

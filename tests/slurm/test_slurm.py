@@ -8,6 +8,8 @@ starts nothing. Outside CI the tests are skipped where the SLURM packages cannot
 root, no network); in CI (``$CI`` set) that is a failure. Run them alone with
 
     .venv/bin/python -m pytest tests/slurm -m slurm -v
+
+Each Snakemake run has a hard timeout of 15 minutes (KT_SLURM_RUN_TIMEOUT, seconds).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ START = REPO / "tests/slurm/start.sh"
 STOP = REPO / "tests/slurm/stop.sh"
 PROFILE = "workflow/profiles/slurm"  # relative to REPO, exactly as a user types it
 TINY_CONFIG = REPO / "tests/workflow/config.yaml"
-RUN_TIMEOUT_S = 15 * 60  # hard limit of one Snakemake run
+RUN_TIMEOUT_S = int(os.environ.get("KT_SLURM_RUN_TIMEOUT", 15 * 60))  # hard limit of one Snakemake run
 START_TIMEOUT_S = 15 * 60  # apt-get update + install + daemons
 CANNOT_INSTALL = 3  # start.sh's exit code when the packages are missing and cannot be installed
 
@@ -126,8 +128,9 @@ def run_snakemake(workdir: Path, args: list[str], configfile: Path = TINY_CONFIG
                   expect_success: bool = True) -> str:
     """Run the workflow from the repository root with ``--directory workdir``; return its output.
 
-    Hard timeout: on expiry Snakemake gets SIGINT (it then cancels its SLURM jobs), then its whole
-    process group SIGKILL, and the test fails with the tail of the output.
+    Hard timeout: on expiry Snakemake gets SIGINT twice (it then cancels its SLURM jobs; the first one
+    is sometimes lost), then its process group SIGKILL, then `scancel --name <run ID>` catches any job
+    left, and the test fails with the tail of the output.
     """
     log = workdir / "snakemake.out"
     cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), "--configfile", str(configfile),
@@ -138,12 +141,7 @@ def run_snakemake(workdir: Path, args: list[str], configfile: Path = TINY_CONFIG
         try:
             rc = proc.wait(timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_run(proc, log)
             pytest.fail(f"snakemake ran past {RUN_TIMEOUT_S}s: {' '.join(cmd)}\n{log.read_text()[-6000:]}")
     output = log.read_text()
     if expect_success and rc != 0:
@@ -151,6 +149,23 @@ def run_snakemake(workdir: Path, args: list[str], configfile: Path = TINY_CONFIG
     if not expect_success and rc == 0:
         pytest.fail(f"snakemake succeeded but should have failed: {' '.join(cmd)}\n{output[-4000:]}")
     return output
+
+
+def stop_run(proc: subprocess.Popen, log: Path) -> None:
+    """Stop a Snakemake run that ran past its time, and every SLURM job it submitted."""
+    for _ in range(2):
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    run_id = RUN_ID.search(log.read_text())
+    if run_id:
+        subprocess.run(["scancel", "--name", run_id[1]], capture_output=True, timeout=30)
 
 
 def job_rules(output: str) -> tuple[dict[int, str], set[int]]:

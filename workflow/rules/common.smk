@@ -5,7 +5,6 @@ import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from kt.config import check as check_config
 from kt.config import validate as validate_config
@@ -13,8 +12,7 @@ from kt.errors import KtError
 
 
 try:
-    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
-    validate(config, schema="../schemas/config.schema.yaml")  # fills in the schema's defaults
+    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))  # also fills defaults
     MODELS = check_config(config)  # slug -> kt.models.ModelSpec
 except KtError as e:
     raise WorkflowError(f"config error: {e}") from None

@@ -1,0 +1,150 @@
+"""Failure modes: every user mistake is a clear message (never a bare traceback) and no failure
+leaves an artifact that looks complete."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from kt.artifacts import FORMAT_VERSION, read_logits
+from kt.config import check, validate
+from kt.errors import KtError
+from kt.extract import extract
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def snakemake_dry_run(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--directory", str(tmp_path),
+                           "--configfile", str(path)], cwd=REPO, capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda c: c.update(transfr={}), ["transfr", "Did you mean: transfer"]),
+    (lambda c: c["transfer"].update(epochs="two"), ["transfer.epochs", "not of type 'integer'"]),
+    (lambda c: c["zoo"]["models"][0].update(id="timm:resnet1B"), ["resnet_a", "resnet18"]),
+    (lambda c: c["transfer"].update(strategies=["kl_db"]), ["transfer.strategies[0]", "kl_dp"]),
+    (lambda c: c["select"].update(policy="best"), ["select.policy", "'best' is not one of"]),
+    (lambda c: c["dataset"].update(name="fashion_mnst"), ["unknown dataset 'fashion_mnst'", "fashion_mnist"]),
+])
+def test_config_mistakes_fail_the_dry_run_naming_the_key(tmp_path: Path, change, expected: list[str]) -> None:
+    config = copy.deepcopy(DEFAULT)
+    change(config)
+    done = snakemake_dry_run(tmp_path, config)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    for text in expected:
+        assert text in output, output[-2000:]
+    assert "Traceback" not in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_too_few_models_is_explained() -> None:
+    config = copy.deepcopy(DEFAULT)
+    config["zoo"]["models"] = config["zoo"]["models"][:1]
+    with pytest.raises(KtError, match="fewer than two models"):
+        check(config)
+
+
+def _mutations(rng: random.Random, config: dict) -> dict:
+    """A random malformed variant of the default config: wrong types, unknown keys and names."""
+    config = copy.deepcopy(config)
+    junk = [None, 0, -3, 2.5, "x", "timm:nope", [], {}, ["kl", 1], {"a": 1}, True]
+    for _ in range(rng.randint(1, 4)):
+        node, path = config, []
+        while isinstance(node, dict | list) and node and rng.random() < 0.7:
+            key = rng.choice(list(node)) if isinstance(node, dict) else rng.randrange(len(node))
+            if not isinstance(node[key], dict | list):
+                break
+            node, path = node[key], [*path, key]
+        action = rng.choice(["set", "delete", "add"])
+        if isinstance(node, dict) and node:
+            key = rng.choice(list(node))
+            if action == "delete":
+                del node[key]
+            elif action == "add":
+                node[f"{key}_typo"] = rng.choice(junk)
+            else:
+                node[key] = rng.choice(junk)
+        elif isinstance(node, list) and node:
+            node[rng.randrange(len(node))] = rng.choice(junk)
+    return config
+
+
+def test_random_malformed_configs_never_raise_anything_but_a_clear_error() -> None:
+    rng = random.Random(1234)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(300):
+        config = _mutations(rng, DEFAULT)
+        try:
+            validate(config, SCHEMA)
+            check(config)
+            outcomes["ok"] += 1
+        except KtError as e:
+            assert str(e) and "Traceback" not in str(e)
+            outcomes["error"] += 1
+    assert outcomes["error"] > 150  # most mutations are mistakes, and each one was explained
+
+
+def _write_logits(path: Path, version: int = FORMAT_VERSION) -> None:
+    with h5py.File(path, "w") as f:
+        f["logits"] = np.random.default_rng(0).normal(size=(50, 10)).astype(np.float32)
+        f["labels"] = np.arange(50) % 10
+        f["index"] = np.arange(50)
+        f.attrs["format_version"] = version
+        f.attrs["dataset_fingerprint"] = "abc"
+
+
+def test_truncated_hdf5_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "model.h5"
+    _write_logits(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(KtError, match=f"{path}.*(truncated|corrupt)"):
+        read_logits(path)
+    done = subprocess.run([sys.executable, "-m", "kt", "inspect", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("kt: error:") and "Traceback" not in done.stderr
+
+
+def test_newer_format_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.h5"
+    _write_logits(path, version=FORMAT_VERSION + 1)
+    with pytest.raises(KtError, match="newer kt"):
+        read_logits(path)
+
+
+def test_sigkill_mid_extraction_leaves_no_complete_looking_file(tmp_path: Path, tiny_resnet_spec, fmnist) -> None:
+    out = tmp_path / "logits" / "eval" / "m.h5"
+    cmd = [sys.executable, "-m", "kt", "--threads", "1", "extract", "--model", json.dumps(tiny_resnet_spec.to_dict()),
+           "--dataset", '{"name": "fashion_mnist"}', "--batch-size", "16", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.parent.is_dir() and any(out.parent.glob(".m.h5.tmp-*"))):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert time.time() < deadline, "extraction never started writing"
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir()] == [f".m.h5.tmp-{proc.pid}"]
+
+
+def test_extraction_is_bit_identical_across_runs(tmp_path: Path, tiny_resnet_spec, fmnist) -> None:
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    extract(tiny_resnet_spec, fmnist, "eval", a, batch_size=64)
+    extract(tiny_resnet_spec, fmnist, "eval", b, batch_size=64)
+    assert np.array_equal(read_logits(a).logits, read_logits(b).logits)
