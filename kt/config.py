@@ -31,7 +31,10 @@ def _describe(error: Any) -> str:
 
 
 def _fill_defaults(schema: dict[str, Any], config: Any) -> None:
-    """Insert the schema's defaults for missing keys, recursively (objects only)."""
+    """Insert the schema's defaults for missing keys, recursively (objects and arrays of objects)."""
+    if isinstance(config, list) and isinstance(schema.get("items"), dict):
+        for item in config:
+            _fill_defaults(schema["items"], item)
     if not isinstance(config, dict):
         return
     for key, sub in schema.get("properties", {}).items():

@@ -148,3 +148,12 @@ def test_extraction_is_bit_identical_across_runs(tmp_path: Path, tiny_resnet_spe
     extract(tiny_resnet_spec, fmnist, "eval", a, batch_size=64)
     extract(tiny_resnet_spec, fmnist, "eval", b, batch_size=64)
     assert np.array_equal(read_logits(a).logits, read_logits(b).logits)
+
+
+def test_validation_fills_defaults_in_nested_objects_and_list_items() -> None:
+    config = {"zoo": {"models": [{"name": "m", "id": "timm:resnet18"}]}}
+    validate(config, SCHEMA)
+    assert config["zoo"]["models"][0] == {"name": "m", "id": "timm:resnet18", "args": {}, "epochs": 1,
+                                          "lr": 0.002, "augment": "none", "seed": 0}
+    assert config["dataset"] == {"name": "fashion_mnist", "seed": 0, "subset": {}}
+    assert config["transfer"]["strategies"] == ["kl", "kl_dp"] and config["transfer"]["cache_views"] == 0

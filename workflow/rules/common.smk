@@ -5,6 +5,7 @@ import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 
 from kt.config import check as check_config
 from kt.config import validate as validate_config
@@ -22,7 +23,10 @@ ZOO = {m["name"]: m for m in config["zoo"].get("models", [])}
 PLUGIN_ARGS = " ".join(f"--plugin-dir {shlex.quote(d)}" for d in config["plugin_dirs"])
 # The interpreter running Snakemake has kt installed (this file imports it): jobs use the same one,
 # so `.venv/bin/snakemake` works without activating the venv (and on cluster nodes sharing the path).
-KT = f"{shlex.quote(sys.executable)} -m kt {PLUGIN_ARGS}"
+# With `--sdm conda`, jobs use the Python of workflow/envs/kt.yaml instead.
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+KT = f"{'python' if USE_CONDA else shlex.quote(sys.executable)} -m kt {PLUGIN_ARGS}"
+ENV = "../envs/kt.yaml"
 
 
 STRATEGIES = config["transfer"]["strategies"]

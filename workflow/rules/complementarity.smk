@@ -17,16 +17,20 @@ rule complementarity:
             caption="../report/knowledge_vs_accdiff.rst",
             category="Complementarity",
         ),
+    params:
+        kt=KT,
     log:
         f"{RESULTS}/logs/complementarity.log",
     benchmark:
         f"{RESULTS}/benchmarks/complementarity.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{KT} --threads {threads} complementarity --logits {input.logits} --out {output.table} "
+        "{params.kt} --threads {threads} complementarity --logits {input.logits} --out {output.table} "
         "--per-class {output.per_class} --heatmap {output.heatmap} --scatter {output.scatter} > {log} 2>&1"
 
 
@@ -36,14 +40,17 @@ checkpoint select_pairs:
     output:
         pairs=f"{RESULTS}/pairs.parquet",
     params:
+        kt=KT,
         policy=as_arg(config["select"]),
     log:
         f"{RESULTS}/logs/select.log",
     benchmark:
         f"{RESULTS}/benchmarks/select.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{KT} select --table {input.table} --policy {params.policy} --out {output.pairs} > {log} 2>&1"
+        "{params.kt} select --table {input.table} --policy {params.policy} --out {output.pairs} > {log} 2>&1"

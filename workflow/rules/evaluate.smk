@@ -8,17 +8,20 @@ rule evaluate:
     output:
         metrics=f"{RUN}/transfer_metrics.parquet",
     params:
+        kt=KT,
         run_dir=run_dir,
     log:
         f"{RESULTS}/logs/evaluate/{{strategy}}/{{teacher}}__{{student}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{strategy}}/{{teacher}}__{{student}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{KT} evaluate --run {params.run_dir} --teacher-logits {input.teacher_logits} --strategy {wildcards.strategy} "
+        "{params.kt} evaluate --run {params.run_dir} --teacher-logits {input.teacher_logits} --strategy {wildcards.strategy} "
         "--teacher {wildcards.teacher} --student {wildcards.student} --out {output.metrics} > {log} 2>&1"
 
 
@@ -37,15 +40,18 @@ rule summarize:
             category="Transfer",
         ),
     params:
+        kt=KT,
         similar_within=config["select"].get("similar_within", 1.0),
     log:
         f"{RESULTS}/logs/summarize.log",
     benchmark:
         f"{RESULTS}/benchmarks/summarize.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{KT} summarize --metrics {input.metrics} --epochs {input.epochs} --pairs {input.pairs} --similar-within {params.similar_within} "
+        "{params.kt} summarize --metrics {input.metrics} --epochs {input.epochs} --pairs {input.pairs} --similar-within {params.similar_within} "
         "--out {output.table} --csv {output.csv} --figures {output.figures} > {log} 2>&1"

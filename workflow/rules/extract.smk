@@ -7,6 +7,7 @@ rule extract:
     output:
         logits=f"{RESULTS}/logits/{{split}}/{{model}}.h5",
     params:
+        kt=KT,
         model=model_arg,
         dataset=dataset_arg,
         batch_size=config["extract"]["batch_size"],
@@ -17,13 +18,15 @@ rule extract:
         f"{RESULTS}/logs/extract/{{split}}/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract/{{split}}/{{model}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=1,
     shell:
-        "{KT} --threads {threads} extract --model {params.model} "
+        "{params.kt} --threads {threads} extract --model {params.model} "
         "--dataset {params.dataset} --split {wildcards.split} --batch-size {params.batch_size} "
         "--workers {params.workers} --device {params.device} {params.features} "
         "--out {output.logits} > {log} 2>&1"

@@ -8,6 +8,7 @@ rule cache_frozen:
     output:
         cache=f"{RESULTS}/transfer/cache/{{teacher}}__{{student}}.h5",
     params:
+        kt=KT,
         teacher=lambda w: spec_arg(w.teacher),
         student=lambda w: spec_arg(w.student),
         dataset=dataset_arg,
@@ -16,13 +17,15 @@ rule cache_frozen:
         f"{RESULTS}/logs/cache/{{teacher}}__{{student}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/cache/{{teacher}}__{{student}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=1,
     shell:
-        "{KT} --threads {threads} cache-frozen --teacher {params.teacher} --student {params.student} "
+        "{params.kt} --threads {threads} cache-frozen --teacher {params.teacher} --student {params.student} "
         "--dataset {params.dataset} --settings {params.settings} --out {output.cache} > {log} 2>&1"
 
 
@@ -39,6 +42,7 @@ rule transfer:
         metrics=f"{RUN}/metrics.parquet",
         config=f"{RUN}/config.json",
     params:
+        kt=KT,
         teacher=lambda w: spec_arg(w.teacher),
         student=lambda w: spec_arg(w.student),
         dataset=dataset_arg,
@@ -49,12 +53,14 @@ rule transfer:
         f"{RESULTS}/logs/transfer/{{strategy}}/{{teacher}}__{{student}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/transfer/{{strategy}}/{{teacher}}__{{student}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
         gpu=1,
     shell:
-        "{KT} --threads {threads} transfer --teacher {params.teacher} --student {params.student} "
+        "{params.kt} --threads {threads} transfer --teacher {params.teacher} --student {params.student} "
         "--strategy {wildcards.strategy} --dataset {params.dataset} --settings {params.settings} "
         "{params.cache} --before {input.extracted} --out {params.run_dir} > {log} 2>&1"

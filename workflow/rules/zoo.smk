@@ -5,6 +5,7 @@ rule train_zoo:
     output:
         weights=f"{RESULTS}/zoo/{{zoo_model}}.pth",
     params:
+        kt=KT,
         model=zoo_model_arg,
         dataset=zoo_dataset_arg,
         epochs=lambda w: ZOO[w.zoo_model]["epochs"],
@@ -16,11 +17,13 @@ rule train_zoo:
         f"{RESULTS}/logs/zoo/{{zoo_model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/zoo/{{zoo_model}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
     shell:
-        "{KT} --threads {threads} train-zoo --model {params.model} "
+        "{params.kt} --threads {threads} train-zoo --model {params.model} "
         "--dataset {params.dataset} --epochs {params.epochs} --lr {params.lr} --augment {params.augment} "
         "--seed {params.seed} --batch-size {params.batch_size} --out {output.weights} > {log} 2>&1"
