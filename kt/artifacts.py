@@ -123,6 +123,10 @@ def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
     except FileNotFoundError:
         raise KtError(f"{path} does not exist; run the workflow step that writes it first.") from None
     except OSError as e:
+        if "unable to lock file" in str(e):
+            raise KtError(f"{path} could not be locked ({e}): another process is writing it, or the "
+                          "filesystem (NFS/Lustre/GPFS) does not support HDF5 locking: export "
+                          "HDF5_USE_FILE_LOCKING=FALSE (docs/cluster.md).") from None
         raise KtError(f"{path} is not a readable HDF5 file ({e}); it is truncated or corrupt: "
                       "delete it and rerun the step that writes it.") from None
 

@@ -166,6 +166,9 @@ def initial_eval(model: Classifier, data: Split, settings: TransferSettings, dev
     if extracted is None:
         return evaluate(model, data, settings, device)
     known = read_logits(extracted)
+    if known.attrs.get("model") != model.spec.slug:
+        raise KtError(f"{extracted} holds the logits of model {known.attrs.get('model')!r}, not of the student "
+                      f"{model.spec.slug!r}; give the student's own extraction file.")
     if known.attrs.get("dataset_fingerprint") != data.fingerprint() or known.logits.shape[1] != model.num_classes:
         raise KtError(f"{extracted} does not hold this student's logits on this evaluation set; "
                       "rerun its extraction with the same dataset config.")

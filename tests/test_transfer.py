@@ -1,10 +1,10 @@
 """The transfer loop end to end on real data: tiny random-init timm ResNets (28 px, teacher and student from
 different seeds) on a 256/200-image Fashion-MNIST subset, 2 epochs of batch 64 on the CPU.
 
-Checked: the run folder's artifacts against plain PyTorch loops, a plugin strategy without a teacher, the
-same augmented view for every model, bit-exact resume after a crash, the non-finite-loss stop, the frozen-
-output cache (bit-exact against the online loop, refused when built for other settings) and the paper's
-default learning rate."""
+Checked: the run folder's artifacts against plain PyTorch loops, a plugin strategy without a teacher, reuse
+of the student's extracted eval logits as the before-evaluation, the same augmented view for every model,
+bit-exact resume after a crash, the non-finite-loss stop, the frozen-output cache (bit-exact against the
+online loop, refused when built for other settings) and the paper's default learning rate."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from kt.artifacts import open_h5, read_logits
 from kt.augment import AugmentPlan
 from kt.data import load_split
 from kt.errors import KtError
+from kt.extract import extract
 from kt.models import ModelSpec, create_model
 from kt.registry import Registry
 from kt.strategies import KL, KLDP, XEKL, XEKLMCL, Outputs, Strategy
@@ -163,6 +164,31 @@ def test_plugin_strategy_without_teacher(tmp_path: Path, pair) -> None:
     # a strategy that needs a teacher refuses to run without one, before loading anything
     with pytest.raises(KtError, match="needs a teacher"):
         transfer(None, student, "kl", DATASET, tmp_path / "kl", SETTINGS)
+
+
+# ---------------------------------------------------------------------------------------------- reused eval logits
+
+
+def test_extracted_student_logits_are_reused_as_the_before_evaluation(tmp_path: Path, pair) -> None:
+    teacher, student = pair
+    own, other_model = tmp_path / "student.h5", tmp_path / "teacher.h5"
+    other_data = tmp_path / "student-100.h5"
+    extract(student, DATASET, "eval", own, device="cpu")
+    extract(teacher, DATASET, "eval", other_model, device="cpu")
+    extract(student, {"name": "fashion_mnist", "subset": {"eval": 100}}, "eval", other_data, device="cpu")
+
+    out = tmp_path / "run"
+    metrics = transfer(*pair, "kl", DATASET, out, replace(SETTINGS, epochs=1), before=own)
+    reused = read_logits(out / "eval_before.h5")
+    assert np.array_equal(reused.logits, read_logits(own).logits)
+    assert metrics["eval_accuracy"][0] == pytest.approx(read_logits(own).accuracy)
+    # another model's logits, or the student's on other samples, are refused before any training
+    with pytest.raises(KtError, match="tiny_teacher"):
+        transfer(*pair, "kl", DATASET, tmp_path / "wrong-model", SETTINGS, before=other_model)
+    with pytest.raises(KtError, match="evaluation set"):
+        transfer(*pair, "kl", DATASET, tmp_path / "wrong-data", SETTINGS, before=other_data)
+    for name in ("wrong-model", "wrong-data"):
+        assert not (tmp_path / name / "eval_before.h5").exists()
 
 
 # ---------------------------------------------------------------------------------------------- same view
