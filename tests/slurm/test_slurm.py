@@ -44,10 +44,10 @@ CANNOT_INSTALL = 3  # start.sh's exit code when the packages are missing and can
 # until a job completes.
 FAST_POLLING = ["--slurm-init-seconds-before-status-checks", "2"]
 
-# The part of the tiny DAG both runs execute: every job up to the logits (train_zoo, extract), which
-# is what makes or breaks a cluster run (GPU requests, environment, shared files, status polling);
-# the rest of the DAG runs locally in tests/workflow. Keeps the module at a few minutes on 2 cores.
-UNTIL = ["--until", "extract"]
+# Both runs execute the whole tiny DAG (zoo, extraction, complementarity, the select_pairs
+# checkpoint, transfer, evaluation, summary): ~7 minutes through SLURM on 2 cores, mostly job
+# start-up and status polling.
+UNTIL: list[str] = []
 
 SUBMITTED = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", re.M)
 JOB_HEADER = re.compile(r"^(local)?(?:checkpoint|rule) (\w+):\n(?:    .*\n)*?    jobid: (\d+)$", re.M)
@@ -251,7 +251,7 @@ def test_slurm_results_equal_local_results(slurm_and_local_runs):
     assert result_files(cluster) == result_files(local)
     assert temp_leftovers(local) == [] and temp_leftovers(cluster) == []
 
-    logits = sorted((local / "results/logits").rglob("*.h5"))
+    logits = sorted([*(local / "results/logits").rglob("*.h5"), *(local / "results/transfer").rglob("eval_*.h5")])
     assert len(list((local / "results/logits/eval").glob("*.h5"))) >= 3, logits
     for path in logits:
         a = read_logits(path)
