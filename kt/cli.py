@@ -244,4 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     except KtError as e:
         print(f"kt: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `kt inspect FILE | head`
+        sys.stderr.close()
     return 0
