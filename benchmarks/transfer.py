@@ -24,11 +24,12 @@ student's FLOPs) than the student (channels 16-128), so the frozen models domina
 
 (b) **frozen-output cache vs online.** ``build_cache`` (teacher and initial-student logits on
     ``cache_views`` seeded views) is timed once per repeat; the cached and the online ``transfer`` are
-    timed by their training seconds (sum of the metrics' ``seconds``) and by whole-call wall time. The
-    speed-up is online / cached training time (target >= 1.8 when the teacher costs at least as much as
-    the student); break-even = build time / time saved per run, i.e. how many strategy runs of
-    ``--cache-epochs`` epochs pay for the cache (every strategy of a pair shares one cache). The final
-    student logits of both runs are compared (bit-identical on the CPU).
+    timed by their training seconds (sum of the metrics' ``seconds``), by whole-call wall time and per
+    step (the post-step marks of part (a), fastest and median). The speed-up is online / cached training
+    time (target >= 1.8 when the teacher costs at least as much as the student); break-even = build time /
+    training time saved per run, i.e. how many strategy runs of ``--cache-epochs`` epochs pay for the cache
+    (every strategy of a pair shares one cache). The final student logits of both runs are compared
+    (bit-identical on the CPU).
 
 Usage::
 
@@ -209,6 +210,8 @@ def part_b(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any], sett
     cached = replace(settings, epochs=epochs, cache_views=epochs)  # one view per epoch: same views as online
     runs: dict[str, list[float]] = {k: [] for k in ("build", "online_train", "cached_train", "online_wall",
                                                     "cached_wall")}
+    steps: dict[str, list[float]] = {"online": [], "cached": []}
+    registry = Registry(extra_plugins=(TimedPlugin(),))
     cache = folder / "cache.h5"
     build_cache(teacher, student, dataset, cached, folder / "warm-cache.h5")  # warm-up
     for r in range(repeats):
@@ -216,12 +219,19 @@ def part_b(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any], sett
         build_cache(teacher, student, dataset, cached, cache)
         runs["build"].append(time.perf_counter() - t0)
         for name, s, kwargs in (("online", online, {}), ("cached", cached, {"cache": cache})):
+            MARKS.clear()
             t0 = time.perf_counter()
-            metrics = transfer(teacher, student, "kl_dp", dataset, folder / f"b-{name}-{r}", s, **kwargs)
+            metrics = transfer(teacher, student, "kl_dp_timed", dataset, folder / f"b-{name}-{r}", s,
+                               registry=registry, **kwargs)
             runs[f"{name}_wall"].append(time.perf_counter() - t0)
             runs[f"{name}_train"].append(float(metrics["seconds"].sum()))
+            per_epoch = len(MARKS) // epochs
+            for e in range(epochs):
+                steps[name] += gaps(MARKS[e * per_epoch:(e + 1) * per_epoch])
     best = {k: min(v) for k, v in runs.items()}
     saved = best["online_train"] - best["cached_train"]
+    step_ms = {f"{k}_{stat}_ms": 1e3 * fn(v) for k, v in steps.items()
+               for stat, fn in (("min", min), ("median", statistics.median))}
     same = np.array_equal(read_logits(folder / "b-online-0" / "eval_after.h5").logits,
                           read_logits(folder / "b-cached-0" / "eval_after.h5").logits)
     return {"epochs": epochs, "build_s": best["build"], "online_train_s": best["online_train"],
@@ -229,6 +239,8 @@ def part_b(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any], sett
             "online_wall_s": best["online_wall"], "cached_wall_s": best["cached_wall"],
             "speedup_wall": best["online_wall"] / best["cached_wall"],
             "break_even_runs": best["build"] / saved if saved > 0 else float("inf"),
+            **step_ms, "speedup_step_min": step_ms["online_min_ms"] / step_ms["cached_min_ms"],
+            "speedup_step_median": step_ms["online_median_ms"] / step_ms["cached_median_ms"],
             "identical_logits": bool(same), "runs_s": {k: [round(x, 3) for x in v] for k, v in runs.items()}}
 
 
@@ -310,6 +322,9 @@ def main() -> int:
         print(f"    whole calls: online {b['online_wall_s']:.2f} s, cached {b['cached_wall_s']:.2f} s "
               f"({b['speedup_wall']:.2f}x); break-even after {b['break_even_runs']:.2f} strategy runs of "
               f"{b['epochs']} epochs; final logits identical: {b['identical_logits']}")
+        print(f"    per step: fastest online {b['online_min_ms']:.1f} ms, cached {b['cached_min_ms']:.1f} ms -> "
+              f"{b['speedup_step_min']:.2f}x; median online {b['online_median_ms']:.1f} ms, cached "
+              f"{b['cached_median_ms']:.1f} ms -> {b['speedup_step_median']:.2f}x")
         print(f"    runs (s): {b['runs_s']}")
     return 0
 

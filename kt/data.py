@@ -84,12 +84,14 @@ class _Files(TorchDataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_image, read_file
+        from PIL import Image
 
         try:
-            image = decode_image(read_file(str(self.paths[i])), mode=ImageReadMode.RGB)
-        except RuntimeError as e:
+            with Image.open(self.paths[i]) as image:
+                array = np.asarray(image.convert("RGB"))
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
             raise KtError(f"cannot decode image {self.paths[i]}: {e}. Remove or replace the file.") from None
+        image = torch.from_numpy(array.copy()).permute(2, 0, 1)
         return resize_uint8(image, self.prep.size, self.prep.crop_pct, self.prep.interpolation)
 
 

@@ -11,17 +11,20 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from kt.artifacts import FORMAT_VERSION, read_logits
 from kt.config import check, validate
 from kt.errors import KtError
 from kt.extract import extract
+from kt.models import ModelSpec, create_model
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -157,3 +160,60 @@ def test_validation_fills_defaults_in_nested_objects_and_list_items() -> None:
                                           "lr": 0.002, "augment": "none", "seed": 0}
     assert config["dataset"] == {"name": "fashion_mnist", "seed": 0, "subset": {}}
     assert config["transfer"]["strategies"] == ["kl", "kl_dp"] and config["transfer"]["cache_views"] == 0
+
+
+def test_sigkill_during_transfer_then_rerun_resumes_to_the_same_result(tmp_path: Path, tiny_resnet_spec) -> None:
+    torch.manual_seed(7)
+    teacher = ModelSpec(**{**tiny_resnet_spec.to_dict(), "name": "teacher", "weights": str(tmp_path / "t.pth")})
+    torch.save(create_model(replace(teacher, weights=None, pretrained=False)).body.state_dict(), teacher.weights)
+    settings = {"epochs": 3, "batch_size": 32, "lr": 0.01, "eval_every": 0}
+    dataset = {"name": "fashion_mnist", "subset": {"train": 1500, "eval": 200}}
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "kt", "--threads", "1", "transfer", "--teacher", json.dumps(teacher.to_dict()),
+                "--student", json.dumps(tiny_resnet_spec.to_dict()), "--strategy", "kl_dp",
+                "--dataset", json.dumps(dataset), "--settings", json.dumps(settings), "--out", str(out)]
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "state.pt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "state.pt").exists() and not (killed / "eval_after.h5").exists()
+    resumed = subprocess.run(cmd(killed), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr
+    assert subprocess.run(cmd(clean), capture_output=True, timeout=300).returncode == 0
+    assert np.array_equal(read_logits(killed / "eval_after.h5").logits, read_logits(clean / "eval_after.h5").logits)
+
+
+def _image_folder(root: Path, corrupt: bool = False) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (12, 10), (i * 90, 30, 200)).save(folder / f"{i}.png")
+    if corrupt:
+        (root / "val" / "dog" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return root
+
+
+def test_image_folder_mistakes_are_named(tmp_path: Path) -> None:
+    from kt.data import load_split
+    from kt.preprocess import Preprocessing
+
+    with pytest.raises(KtError, match="is not a folder"):
+        load_split({"name": "imagefolder", "root": str(tmp_path / "nowhere")}, "eval")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(KtError, match="no class folders"):
+        load_split({"name": "imagefolder", "root": str(tmp_path / "empty")}, "eval")
+    root = _image_folder(tmp_path / "ok", corrupt=True)
+    split = load_split({"name": "imagefolder", "root": str(root)}, "eval")
+    assert len(split) == 5 and split.classes == ["cat", "dog"]
+    with pytest.raises(KtError, match="broken.jpg"):
+        list(split.batches(Preprocessing(size=8), batch_size=8))
