@@ -84,6 +84,32 @@ def preprocessed(data: Split, model: Classifier, chunk: int = 1024) -> torch.Ten
     return torch.cat(parts).contiguous()
 
 
+class Foreign:
+    """Share of the machine's CPU time that other processes used while a block ran (from /proc/stat
+    and this process's own CPU time): a timing taken while it is well above 0 is contended."""
+
+    def __init__(self) -> None:
+        self.share = float("nan")
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> Foreign:
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), sum(os.times()[:2])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy = self._busy()
+        if busy is not None and self.busy0 is not None:
+            other = busy - self.busy0 - (sum(os.times()[:2]) - self.own0)
+            self.share = max(0.0, other / ((time.perf_counter() - self.t0) * (os.cpu_count() or 1)))
+
+
 def bare_loop(model: Classifier, x: torch.Tensor, batch_size: int, limit: int | None = None) -> float:
     """Seconds for ``model(x)`` over ``x`` in batches (the first ``limit`` images when given)."""
     n = len(x) if limit is None else min(limit, len(x))
@@ -168,17 +194,21 @@ def main() -> int:
                 # warm-up: imports, allocator, oneDNN primitives for this batch shape
                 kt_call(spec, {"name": "fashion_mnist", "subset": {"eval": min(len(data), 2 * bs)}}, out, bs)
                 bare_loop(model, x, bs, limit=2 * bs)
-                kt_wall, kt_attr, bare = [], [], []
+                kt_wall, kt_attr, bare, other = [], [], [], []
                 for _ in range(args.repeats):  # interleaved, so background load hits both sides alike
-                    bare.append(len(x) / bare_loop(model, x, bs))
-                    seconds, attrs = kt_call(spec, dataset, out, bs)
+                    with Foreign() as f1:
+                        bare.append(len(x) / bare_loop(model, x, bs))
+                    with Foreign() as f2:
+                        seconds, attrs = kt_call(spec, dataset, out, bs)
                     kt_wall.append(len(data) / seconds)
                     kt_attr.append(float(attrs["images_per_s"]))
+                    other += [f1.share, f2.share]
                 diff = float(np.abs(read_logits(out).logits - bare_logits(model, x, bs)).max())
                 row = {"model": spec.slug, "size": model.preprocess.size, "batch_size": bs, "samples": len(data),
                        "kt_wall_img_s": max(kt_wall), "kt_attr_img_s": max(kt_attr), "bare_img_s": max(bare),
                        "ratio_wall": max(kt_wall) / max(bare), "ratio_attr": max(kt_attr) / max(bare),
-                       "max_abs_logit_diff": diff, "runs": {"kt_wall": kt_wall, "kt_attr": kt_attr, "bare": bare}}
+                       "max_abs_logit_diff": diff, "other_cpu_share": max(other),
+                       "runs": {"kt_wall": kt_wall, "kt_attr": kt_attr, "bare": bare, "other_cpu_share": other}}
                 rows.append(row)
                 if args.profile:
                     profiles.append((f"{spec.slug} batch {bs}", profile_kt(spec, dataset, out, bs, args.profile_top)))
@@ -191,15 +221,18 @@ def main() -> int:
               f"{info['samples']} Fashion-MNIST eval images, best of {args.repeats}; "
               f"load average {info['loadavg_before'][0]:.2f} -> {info['loadavg_after'][0]:.2f}")
         head = ("model", "px", "batch", "kt img/s (wall)", "kt img/s (attr)", "bare img/s", "wall/bare",
-                "attr/bare", "max|dlogit|")
+                "attr/bare", "max|dlogit|", "other CPU")
         print(" | ".join(head))
         for r in rows:
             print(f"{r['model']} | {r['size']} | {r['batch_size']} | {r['kt_wall_img_s']:.0f} | "
                   f"{r['kt_attr_img_s']:.0f} | {r['bare_img_s']:.0f} | {r['ratio_wall']:.3f} | "
-                  f"{r['ratio_attr']:.3f} | {r['max_abs_logit_diff']:.1e}")
+                  f"{r['ratio_attr']:.3f} | {r['max_abs_logit_diff']:.1e} | {r['other_cpu_share']:.0%}")
         below = [r for r in rows if r["ratio_wall"] < args.target]
         print(f"target wall/bare >= {args.target}: " + ("met" if not below else
               "NOT met for " + ", ".join(f"{r['model']}@{r['batch_size']}" for r in below)))
+        if any(r["other_cpu_share"] > 0.1 for r in rows):
+            print("warning: other processes used over 10 % of the CPUs during some timed runs (column 'other "
+                  "CPU', the worst run); the figures are contended, rerun on an idle machine")
     for title, text in profiles:
         print(f"\n## cProfile of one kt extract call: {title}\n{text}", file=sys.stderr)
     return 0

@@ -226,7 +226,7 @@ def test_every_job_runs_as_a_slurm_job(slurm_and_local_runs):
     for job, (slurm_id, log) in submitted.items():
         assert log.is_file() and log.stem == slurm_id and log.is_relative_to(workdir), log
         text = log.read_text()
-        assert re.search(rf"^rule {remote[job]}:$", text, re.M), f"{log} does not show rule {remote[job]}"
+        assert re.search(rf"^(?:rule|checkpoint) {remote[job]}:$", text, re.M), f"{log} lacks rule {remote[job]}"
         assert "Error in rule" not in text, f"{log}:\n{text[-3000:]}"
 
     # Each job wrote its rule log and benchmark.
