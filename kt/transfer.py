@@ -185,6 +185,16 @@ def transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str, 
     Folder: ``student.pth`` (weights evaluated), ``eval_before.h5``/``eval_after.h5`` (logits layout),
     ``metrics.parquet`` (per epoch), ``config.json``; ``state.pt`` (resume point) while running.
     """
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _transfer(teacher, student, strategy_name, dataset, out_dir, settings, cache, registry, before)
+    finally:  # deterministic mode (on CPU) is for this run only
+        torch.use_deterministic_algorithms(previous)
+
+
+def _transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
+              out_dir: str | Path, settings: TransferSettings | None, cache: str | Path | None,
+              registry: Registry | None, before: str | Path | None) -> pl.DataFrame:
     settings = settings or TransferSettings()
     registry = registry or get_registry()
     out = Path(out_dir)
