@@ -96,6 +96,16 @@ def check(config: dict[str, Any]) -> dict[str, ModelSpec]:
             source.check(spec)
         except KtError as e:
             raise KtError(f"config model {slug!r}: {e}") from None
+    select = config.get("select") or {}
+    for key in ("teachers", "students"):
+        unknown = [m for m in select.get(key) or [] if m not in specs]
+        if unknown:
+            raise KtError(f"config key select.{key}: unknown model(s) {unknown}.{closest(unknown[0], specs)} "
+                          f"Known: {', '.join(specs)}.")
+    if select.get("policy") == "grid" and select.get("teachers") and select.get("students"):
+        if all(t == s for t in select["teachers"] for s in select["students"]):
+            raise KtError(f"config key select: the grid pairs only {select['students']} with itself; a student is "
+                          "never its own teacher. Name other teachers in select.teachers.")
     for i, name in enumerate((config.get("transfer") or {}).get("strategies", [])):
         try:
             registry.get("strategies", name)

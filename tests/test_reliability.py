@@ -217,3 +217,13 @@ def test_image_folder_mistakes_are_named(tmp_path: Path) -> None:
     assert len(split) == 5 and split.classes == ["cat", "dog"]
     with pytest.raises(KtError, match="broken.jpg"):
         list(split.batches(Preprocessing(size=8), batch_size=8))
+
+
+def test_a_student_as_its_own_only_teacher_or_an_unknown_selected_model_is_caught_early() -> None:
+    config = copy.deepcopy(DEFAULT)
+    config["select"] = {"policy": "grid", "teachers": ["vit"], "students": ["vit"]}
+    with pytest.raises(KtError, match="select.*never its own teacher"):
+        check(config)
+    config["select"] = {"policy": "grid", "teachers": ["vitt"], "students": ["vit"]}
+    with pytest.raises(KtError, match=r"select.teachers: unknown model\(s\) \['vitt'\]. Did you mean: vit"):
+        check(config)
