@@ -13,12 +13,19 @@ with ``kt.data.load_split``. For each model and batch size it times
 
 Both are warmed up first, then repeated (interleaved, best of ``--repeats``) under the same
 ``torch.set_num_threads``. The ratio kt wall / bare should be >= 0.9: the loader must not be the
-bottleneck. The logits kt wrote are checked against the bare loop's (max abs difference).
+bottleneck. The logits kt wrote are checked against the bare loop's (max abs difference). Also
+printed: the median of the per-repeat ratios (each kt call against the bare pass just before it),
+the share of the CPUs other processes used during the best runs, and minor page faults per image.
+
+By default (``--malloc steady``) glibc is told to keep freed memory (see :func:`steady_malloc`):
+otherwise both sides page-fault their activations in afresh, by amounts that depend on each
+process's allocation history, and the ratio swings between about 0.7 and 1.4 from one process to
+the next whatever kt does. ``--malloc default`` measures glibc as it comes.
 
 Models without ``weights`` get seeded random weights saved to a temporary file, and the spec then
 names that file, so kt loads them exactly as the baseline does. Usage::
 
-    .venv/bin/python benchmarks/extract.py                        # two default models, ~1-2 minutes
+    .venv/bin/python benchmarks/extract.py 2>/dev/null            # two default models, ~1 minute
     .venv/bin/python benchmarks/extract.py --samples 2000 --batch-size 64 --batch-size 256
     .venv/bin/python benchmarks/extract.py --model '{"id": "timm:resnet18", "num_classes": 10, ...}'
     .venv/bin/python benchmarks/extract.py --profile              # cProfile one kt call per model
@@ -28,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
+import ctypes.util
 import io
 import json
 import os
@@ -60,6 +69,21 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
     {"id": "timm:resnet18", "name": "resnet_tiny_64", "args": TINY_RESNET, "num_classes": 10,
      "pretrained": False, "preprocess": FMNIST_PREP | {"size": 64}},
 ]
+
+
+def steady_malloc() -> bool:
+    """Make glibc keep freed memory for reuse: every allocation from the heap (M_MMAP_MAX 0), never
+    trimmed (M_TRIM_THRESHOLD max). As it comes, glibc serves blocks above its mmap threshold (which
+    adapts, up to 32 MiB) with fresh pages and unmaps them on free, and trims the heap, so a batch's
+    activations (32 MiB tensors for the tiny ResNet at 64 px, batch 256) are page-faulted in again
+    batch after batch; how many depends on the process's allocation history (0 to 190 faults an
+    image measured), which made either side up to 1.9x slower from one process to the next.
+    Returns False where this is not glibc (then nothing changes)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2**31 - 1) == 1  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def parse_model(text: str) -> dict[str, Any]:
@@ -172,10 +196,14 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=0.9, help="ratio kt wall / bare to reach")
     ap.add_argument("--profile", action="store_true", help="also cProfile one kt call per model and batch size")
     ap.add_argument("--profile-top", type=int, default=25)
+    ap.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                    help="steady: glibc keeps freed memory (no page faults in steady state, see steady_malloc); "
+                         "default: leave glibc as it is (ratios then swing with page faults)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = ap.parse_args()
     entries = args.model or DEFAULT_MODELS
     batch_sizes = args.batch_size or [256]
+    steady = args.malloc == "steady" and steady_malloc()
     torch.set_num_threads(args.threads)
 
     dataset: dict[str, Any] = {"name": "fashion_mnist"}
@@ -185,7 +213,8 @@ def main() -> int:
     rows, profiles = [], []
     info = {"cpu": machine(), "cpus": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "samples": len(data),
-            "repeats": args.repeats, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "repeats": args.repeats, "malloc": "steady" if steady else "default",
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "loadavg_before": list(os.getloadavg())}
 
     with tempfile.TemporaryDirectory(prefix="kt-bench-extract-") as tmp:
@@ -232,7 +261,7 @@ def main() -> int:
         print(json.dumps({"machine": info, "results": rows}, indent=2))
     else:
         print(f"# {info['cpu']}, {info['cpus']} CPUs, torch {info['torch']}, {info['threads']} threads, "
-              f"{info['samples']} Fashion-MNIST eval images, best of {args.repeats}; "
+              f"{info['samples']} Fashion-MNIST eval images, best of {args.repeats}, malloc {info['malloc']}; "
               f"load average {info['loadavg_before'][0]:.2f} -> {info['loadavg_after'][0]:.2f}")
         cols = [("model", "model", "{}"), ("px", "size", "{}"), ("batch", "batch_size", "{}"),
                 ("kt img/s (wall)", "kt_wall_img_s", "{:.0f}"), ("kt img/s (attr)", "kt_attr_img_s", "{:.0f}"),
