@@ -6,7 +6,8 @@ with ``kt.data.load_split``. For each model and batch size it times
 * kt: the whole ``kt.extract.extract(spec, dataset, "eval", tmp.h5, batch_size=B)`` call, wall-clock
   (loading the split, building the model and loading its weights, resizing, normalising, the
   forward passes, the HDF5 writing), and also reports the ``images_per_s`` attr the call records
-  (which times only its forward part: normalisation, ``model(x)`` and the copy back);
+  (which times its batch loop, ``kt.extract.predict``: taking each batch from the split (gather,
+  resize), normalisation, ``model(x)`` and the copy back; not the set-up nor the writing);
 * bare: every image already resized and normalised into one float tensor beforehand, then
   ``with torch.inference_mode(): for batch: model(x)`` with the same model (eval mode), weights and
   batch size.
@@ -55,6 +56,7 @@ import torch
 
 from kt.artifacts import read_logits
 from kt.data import Split, load_split
+from kt.errors import KtError
 from kt.extract import extract, prepare
 from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import normalize
@@ -92,10 +94,13 @@ def parse_model(text: str) -> dict[str, Any]:
 
 
 def with_weights(entry: dict[str, Any], classes: list[str], folder: Path, seed: int) -> ModelSpec:
-    """The spec, pointing at a file of seeded random weights when it names none."""
+    """The spec, pointing at a file of seeded random weights when it names none (with one output per
+    class of the dataset unless ``num_classes`` is given)."""
     spec = ModelSpec.parse(entry)
     if spec.weights is not None:
         return spec
+    if spec.num_classes is None:
+        spec = replace(spec, num_classes=len(classes))
     torch.manual_seed(seed)
     model = create_model(replace(spec, pretrained=False), classes)
     path = folder / f"{spec.slug}.pth"
@@ -284,4 +289,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KtError as e:
+        sys.exit(f"error: {e}")

@@ -72,8 +72,8 @@ class TensorSplit(Split):
         labels = torch.as_tensor(self.labels, dtype=torch.long)
         for start in range(0, len(order), batch_size):
             pos = order[start:start + batch_size]
-            images = self.images[pos].expand(-1, 3, -1, -1)
-            yield resize_uint8(images, prep.size, prep.crop_pct, prep.interpolation), labels[pos], pos
+            images = resize_uint8(self.images[pos], prep.size, prep.crop_pct, prep.interpolation)
+            yield images.expand(-1, 3, -1, -1), labels[pos], pos  # resize grey once, then broadcast
 
 
 class _Files(TorchDataset):

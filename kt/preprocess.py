@@ -55,4 +55,4 @@ def normalize(images: torch.Tensor, prep: Preprocessing, dtype: torch.dtype = to
     """uint8 (N, 3, H, W) -> normalised float on the images' device."""
     mean = torch.tensor(prep.mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
     std = torch.tensor(prep.std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    return ((images.float() - mean) / std).to(dtype)
+    return images.to(torch.float32, copy=True).sub_(mean).div_(std).to(dtype)
