@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kt.errors import KtError
+from kt.errors import KtError, closest
 from kt.preprocess import Preprocessing
 from kt.registry import Registry, get_registry
 
@@ -116,8 +116,6 @@ class ModelSource(ABC):
 
     def check(self, spec: ModelSpec) -> None:
         """Fail fast on an unknown name, with the closest known ones."""
-        from kt.errors import closest
-
         base = self.base_name(spec.arch)
         known = self.known_models()
         if base not in known:
@@ -136,14 +134,11 @@ def weights_origin(spec: ModelSpec, hub: str) -> str:
     return f"hub:{hub}" if spec.pretrained else "random init"
 
 
-def check_weights_file(spec: ModelSpec) -> Path | None:
-    if spec.weights is None:
-        return None
-    path = Path(spec.weights)
-    if not path.is_file():
+def check_weights_file(spec: ModelSpec) -> None:
+    """Fail before building anything when a configured weight file is missing."""
+    if spec.weights is not None and not Path(spec.weights).is_file():
         raise KtError(f"model {spec.slug!r}: weight file {spec.weights!r} does not exist; "
                       "fix the 'weights' path in the config (cluster nodes need it on a shared disk).")
-    return path
 
 
 def create_model(spec: ModelSpec | str | dict[str, Any], classes: list[str] | None = None,
