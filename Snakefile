@@ -1,6 +1,7 @@
 # kt: find and transfer complementary knowledge between pretrained image classifiers.
 # Table of contents: config -> zoo -> logits (extract) -> complementarity -> selection
-#                    -> transfer -> evaluation -> summary (+ `snakemake --report`).
+#                    -> transfer (single and multi-teacher) -> evaluation -> summary
+#                    (+ `snakemake --report`).
 
 from snakemake.utils import min_version
 
@@ -15,6 +16,7 @@ include: "workflow/rules/zoo.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/complementarity.smk"
 include: "workflow/rules/transfer.smk"
+include: "workflow/rules/multi.smk"
 include: "workflow/rules/evaluate.smk"
 
 

@@ -56,6 +56,7 @@ import torch
 
 from kt.artifacts import read_logits
 from kt.data import Split, load_split
+from kt.device import autocast
 from kt.errors import KtError
 from kt.extract import extract, prepare
 from kt.models import Classifier, ModelSpec, create_model
@@ -144,31 +145,41 @@ class Meter:
             self.share = max(0.0, other / ((time.perf_counter() - self.t0) * (os.cpu_count() or 1)))
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bare_loop(model: Classifier, x: torch.Tensor, batch_size: int, limit: int | None = None) -> float:
-    """Seconds for ``model(x)`` over ``x`` in batches (the first ``limit`` images when given)."""
+    """Seconds for ``model(x)`` over ``x`` in batches (the first ``limit`` images when given); on a GPU
+    ``x`` is already there and the loop runs under the same autocast as kt."""
     n = len(x) if limit is None else min(limit, len(x))
+    sync(x.device)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(x.device):
         for start in range(0, n, batch_size):
             model(x[start:start + batch_size])
+    sync(x.device)
     return time.perf_counter() - t0
 
 
 def bare_logits(model: Classifier, x: torch.Tensor, batch_size: int) -> np.ndarray:
-    with torch.inference_mode():
-        return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]).numpy()
+    with torch.inference_mode(), autocast(x.device):
+        return torch.cat([model(x[s:s + batch_size]).float().cpu() for s in range(0, len(x), batch_size)]).numpy()
 
 
-def kt_call(spec: ModelSpec, dataset: dict[str, Any], out: Path, batch_size: int) -> tuple[float, dict[str, Any]]:
+def kt_call(spec: ModelSpec, dataset: dict[str, Any], out: Path, batch_size: int,
+            device: str = "cpu") -> tuple[float, dict[str, Any]]:
     t0 = time.perf_counter()
-    attrs = extract(spec, dataset, "eval", out, batch_size=batch_size, device="cpu")
+    attrs = extract(spec, dataset, "eval", out, batch_size=batch_size, device=device)
     return time.perf_counter() - t0, attrs
 
 
-def profile_kt(spec: ModelSpec, dataset: dict[str, Any], out: Path, batch_size: int, top: int) -> str:
+def profile_kt(spec: ModelSpec, dataset: dict[str, Any], out: Path, batch_size: int, top: int,
+               device: str = "cpu") -> str:
     prof = cProfile.Profile()
     prof.enable()
-    kt_call(spec, dataset, out, batch_size)
+    kt_call(spec, dataset, out, batch_size, device)
     prof.disable()
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf).strip_dirs()
@@ -205,18 +216,24 @@ def main() -> int:
                     help="steady: glibc keeps freed memory (no page faults in steady state, see steady_malloc); "
                          "default: leave glibc as it is (ratios then swing with page faults)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    ap.add_argument("--root", default=None, help="folder of the Fashion-MNIST idx files (default: where kt finds them)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda: on a GPU the bare loop's tensors are on the GPU already (bf16 autocast, "
+                         "channels_last, as kt); kt still decodes, resizes and normalises on the way")
     args = ap.parse_args()
     entries = args.model or DEFAULT_MODELS
     batch_sizes = args.batch_size or [256]
     steady = args.malloc == "steady" and steady_malloc()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
-    dataset: dict[str, Any] = {"name": "fashion_mnist"}
+    dataset: dict[str, Any] = {"name": "fashion_mnist", "root": args.root}
     if args.samples is not None:
         dataset["subset"] = {"eval": args.samples}
     data = load_split(dataset, "eval")
     rows, profiles = [], []
-    info = {"cpu": machine(), "cpus": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
+    info = {"cpu": machine(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "cpus": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "samples": len(data),
             "repeats": args.repeats, "malloc": "steady" if steady else "default",
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -226,12 +243,15 @@ def main() -> int:
         folder = Path(tmp)
         for entry in entries:
             spec = with_weights(entry, data.classes, folder, args.seed)
-            model = prepare(create_model(spec, data.classes), torch.device("cpu"))
-            x = preprocessed(data, model)
+            model = prepare(create_model(spec, data.classes), device)
+            x = preprocessed(data, model).to(device)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
             out = folder / f"{spec.slug}.h5"
             for bs in batch_sizes:
                 # warm-up: imports, allocator, oneDNN primitives for this batch shape
-                kt_call(spec, {"name": "fashion_mnist", "subset": {"eval": min(len(data), 2 * bs)}}, out, bs)
+                kt_call(spec, dataset | {"subset": {"eval": min(len(data), 2 * bs)}}, out, bs,
+                        args.device)
                 bare_loop(model, x, bs, limit=2 * bs)
                 kt_wall, kt_attr, bare, other_kt, other_bare, faults_kt, faults_bare = [], [], [], [], [], [], []
                 for _ in range(args.repeats):  # interleaved, so background load hits both sides alike
@@ -240,7 +260,7 @@ def main() -> int:
                     other_bare.append(m.share)
                     faults_bare.append(m.faults / len(x))
                     with Meter() as m:
-                        seconds, attrs = kt_call(spec, dataset, out, bs)
+                        seconds, attrs = kt_call(spec, dataset, out, bs, args.device)
                     other_kt.append(m.share)
                     faults_kt.append(m.faults / len(data))
                     kt_wall.append(len(data) / seconds)
@@ -259,13 +279,15 @@ def main() -> int:
                                 "faults_per_img_kt": faults_kt, "faults_per_img_bare": faults_bare}}
                 rows.append(row)
                 if args.profile:
-                    profiles.append((f"{spec.slug} batch {bs}", profile_kt(spec, dataset, out, bs, args.profile_top)))
+                    profiles.append((f"{spec.slug} batch {bs}", profile_kt(spec, dataset, out, bs, args.profile_top,
+                                                                                args.device)))
     info["loadavg_after"] = list(os.getloadavg())
 
     if args.json:
         print(json.dumps({"machine": info, "results": rows}, indent=2))
     else:
-        print(f"# {info['cpu']}, {info['cpus']} CPUs, torch {info['torch']}, {info['threads']} threads, "
+        print(f"# {info['device']}; {info['cpu']}, {info['cpus']} CPUs, torch {info['torch']}, "
+              f"{info['threads']} threads, "
               f"{info['samples']} Fashion-MNIST eval images, best of {args.repeats}, malloc {info['malloc']}; "
               f"load average {info['loadavg_before'][0]:.2f} -> {info['loadavg_after'][0]:.2f}")
         cols = [("model", "model", "{}"), ("px", "size", "{}"), ("batch", "batch_size", "{}"),

@@ -93,6 +93,31 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
 
 @command
+def cmd_multi_transfer(args: argparse.Namespace) -> None:
+    """Transfer from a group of teachers: sequential (curriculum) or parallel; same run folder."""
+    from kt.models import ModelSpec
+    from kt.multi import parallel, sequential, teacher_accuracies
+
+    teachers = [ModelSpec.parse(t) for t in args.teachers]
+    common = dict(settings=_settings(args), registry=_registry(args), before=args.before)
+    if args.mode == "parallel":
+        parallel(teachers, ModelSpec.parse(args.student), args.strategy, args.dataset, args.out, args.group, **common)
+        return
+    accuracies = teacher_accuracies(args.teacher_logits, teachers) if args.teacher_logits else None
+    sequential(teachers, ModelSpec.parse(args.student), args.strategy, args.dataset, args.out, args.group,
+               accuracies=accuracies, order=args.order, **common)
+
+
+@command
+def cmd_soup(args: argparse.Namespace) -> None:
+    """Average the students of single-teacher runs (one architecture) and evaluate the soup."""
+    from kt.multi import soup
+
+    soup(args.members, args.dataset, args.out, args.group, _settings(args), registry=_registry(args),
+         batchnorm=args.batchnorm)
+
+
+@command
 def cmd_cache_frozen(args: argparse.Namespace) -> None:
     """Compute the teacher's and initial student's logits on fixed views of the transfer set once."""
     from kt.models import ModelSpec
@@ -202,6 +227,26 @@ def parser() -> argparse.ArgumentParser:
     sub.choices["transfer"].add_argument("--cache", default=None, help="frozen-output cache file")
     sub.choices["transfer"].add_argument("--before", default=None,
                                          help="the student's extracted eval logits (reused, not recomputed)")
+    s = add("multi-transfer")
+    s.add_argument("--mode", required=True, choices=["sequential", "parallel"])
+    s.add_argument("--teachers", type=_json_arg, nargs="+", required=True, help="model ids or JSON specs")
+    s.add_argument("--teacher-logits", nargs="*", default=[],
+                   help="sequential: the teachers' eval logits files (their accuracies order the curriculum)")
+    s.add_argument("--order", default="ascending", choices=["ascending", "descending"],
+                   help="sequential: curriculum by teacher accuracy")
+    s.add_argument("--student", type=_json_arg, required=True, help="model id or JSON spec")
+    s.add_argument("--strategy", default="kl_dp", help="single-teacher strategy of each stage / the parallel run")
+    s.add_argument("--before", default=None, help="the student's extracted eval logits (reused, not recomputed)")
+    s = add("soup")
+    s.add_argument("--members", nargs="+", required=True, help="single-teacher run folders with one student")
+    s.add_argument("--batchnorm", default="mean", choices=["mean", "recalibrate"],
+                   help="batch-norm statistics: averaged, or re-estimated on the transfer set")
+    for name in ("multi-transfer", "soup"):
+        s = sub.choices[name]
+        s.add_argument("--group", required=True, help="the group's name (teacher column of the metrics)")
+        s.add_argument("--dataset", type=_json_arg, required=True, help='JSON, e.g. {"name": "fashion_mnist"}')
+        s.add_argument("--settings", type=_json_arg, default={}, help="JSON of kt.transfer.TransferSettings")
+        s.add_argument("--out", required=True, help="run folder")
     s = add("complementarity")
     s.add_argument("--logits", nargs="+", required=True, help="eval logits files, one per model")
     s.add_argument("--out", required=True, help="pairs table (parquet)")
@@ -214,7 +259,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s = add("evaluate")
     s.add_argument("--run", required=True, help="transfer run folder")
-    s.add_argument("--teacher-logits", help="the teacher's eval logits file")
+    s.add_argument("--teacher-logits", nargs="*", default=[],
+                   help="the teacher's eval logits file (several for a group: a sample is known if any is right)")
     for key in ("strategy", "teacher", "student", "out"):
         s.add_argument(f"--{key}", required=True)
     s = add("summarize")

@@ -111,4 +111,51 @@ def check(config: dict[str, Any]) -> dict[str, ModelSpec]:
             registry.get("strategies", name)
         except KtError as e:
             raise KtError(f"config key transfer.strategies[{i}]: {e}") from None
+    check_groups(config.get("multi_teacher") or {}, specs, registry)
     return specs
+
+
+def group_name(group: dict[str, Any]) -> str:
+    """A group's name: its ``name``, else ``top{k}`` or its teachers joined by '+'."""
+    if group.get("name"):
+        return group["name"]
+    return f"top{group['top']}" if group.get("top") else "+".join(group["teachers"])
+
+
+def check_groups(multi: dict[str, Any], specs: dict[str, ModelSpec], registry: Any) -> None:
+    """Multi-teacher groups: known distinct models, one way to name teachers, unique names, and a
+    strategy that can run the modes asked for."""
+    groups = multi.get("groups") or []
+    if not groups:
+        return
+    base = multi.get("strategy", "kl_dp")
+    try:
+        strategy = registry.get("strategies", base)()
+    except KtError as e:
+        raise KtError(f"config key multi_teacher.strategy: {e}") from None
+    if "parallel" in multi.get("modes", []) and not strategy.multi_teacher:
+        raise KtError(f"config key multi_teacher.strategy: {base!r} learns from one teacher, so mode 'parallel' "
+                      "cannot use it; choose kl_dp or kl_dp_unsup, or drop 'parallel' from multi_teacher.modes.")
+    seen: set[str] = set()
+    for i, group in enumerate(groups):
+        key = f"multi_teacher.groups[{i}]"
+        if ("teachers" in group) == ("top" in group):
+            raise KtError(f"config key {key}: give either 'teachers' (a list of models) or 'top' (the k teachers "
+                          "with most positive flips on the student), not both or neither.")
+        names = [group["student"], *group.get("teachers", [])]
+        unknown = [m for m in names if m not in specs]
+        if unknown:
+            raise KtError(f"config key {key}: unknown model(s) {unknown}.{closest(unknown[0], specs)} "
+                          f"Known: {', '.join(specs)}.")
+        teachers = group.get("teachers", [])
+        if group["student"] in teachers or len(set(teachers)) != len(teachers):
+            raise KtError(f"config key {key}.teachers: {teachers} repeats a model or holds the student "
+                          f"{group['student']!r}; list distinct teachers other than the student.")
+        if group.get("top", 0) > len(specs) - 1:
+            raise KtError(f"config key {key}.top: {group['top']} teachers asked for, but only {len(specs) - 1} "
+                          "models besides the student exist.")
+        name = group_name(group)
+        if name in seen or name in specs or "__" in name:
+            raise KtError(f"config key {key}: group name {name!r} is used twice, is a model's name or holds '__'; "
+                          "give the group a distinct 'name'.")
+        seen.add(name)

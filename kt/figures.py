@@ -106,6 +106,8 @@ def plot_summary(table: pl.DataFrame, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     runs = table.filter(pl.col("scope") == "run")
+    if "selected" in runs.columns:  # group runs and their members have their own figure
+        runs = runs.filter("selected")
     strategies = runs["strategy"].unique(maintain_order=True).to_list()
     colors = {s: f"C{i}" for i, s in enumerate(strategies)}
     out = []
@@ -144,7 +146,34 @@ def plot_summary(table: pl.DataFrame, folder: str | Path) -> list[Path]:
     top = float(max(runs["knowledge_gain"].max() or 0, runs["knowledge_loss"].max() or 0)) * 1.1 + 0.1
     ax.plot([0, top], [0, top], color="grey", lw=0.8, ls=":")
     out.append(save_figure(ax.figure, folder / "gain_vs_loss.png"))
+    groups = table.filter(pl.col("scope") == "group")
+    if len(groups):
+        out.append(plot_multi_teacher(groups, folder / "multi_teacher.png"))
     return out
+
+
+def plot_multi_teacher(groups: pl.DataFrame, out_png: str | Path) -> Path:
+    """Per group: the single-teacher Δ (mean, min-max bar) next to each multi-teacher mode's Δ."""
+    modes = [c.removesuffix("_delta") for c in groups.columns
+             if c.endswith("_delta") and not c.startswith("single_")]
+    fig = Figure(figsize=(1.5 + 2.2 * len(groups), 3.6))
+    ax = fig.subplots()
+    width = 0.8 / (len(modes) + 1)
+    for g, row in enumerate(groups.iter_rows(named=True)):
+        mean, low, high = row["single_mean_delta"], row["single_min_delta"], row["single_max_delta"]
+        if mean is not None:
+            ax.bar(g, mean, width, color="grey", yerr=[[mean - low], [high - mean]], capsize=3,
+                   label="single teacher (mean, min-max)" if g == 0 else None)
+        for m, mode in enumerate(modes, 1):
+            if row[f"{mode}_delta"] is not None:
+                ax.bar(g + m * width, row[f"{mode}_delta"], width, color=f"C{m - 1}", label=mode if g == 0 else None)
+    ax.set_xticks([g + width * len(modes) / 2 for g in range(len(groups))],
+                  [f"{r['teacher']} → {r['student']}" for r in groups.iter_rows(named=True)], fontsize=8)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("transfer delta Δ (points)")
+    ax.set_title("Multi-teacher transfer vs single teachers")
+    ax.legend(fontsize=8)
+    return save_figure(fig, out_png)
 
 
 def plot_epoch_curves(metrics: pl.DataFrame, out_png: str | Path) -> Path:

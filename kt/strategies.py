@@ -16,12 +16,22 @@ import torch.nn.functional as F
 
 @dataclass
 class Outputs:
-    """Logits of one batch: the student being trained, the teacher and the frozen initial student."""
+    """Logits of one batch: the student being trained, the teacher(s) and the frozen initial student.
+
+    ``teacher`` is the first of ``teachers``; single-teacher strategies read only it, strategies
+    with ``multi_teacher = True`` (parallel multi-teacher transfer) read them all."""
 
     student: torch.Tensor
     teacher: torch.Tensor | None = None
     initial: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    teachers: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.teachers and self.teacher is not None:
+            self.teachers = [self.teacher]
+        elif self.teacher is None and self.teachers:
+            self.teacher = self.teachers[0]
 
 
 def kl_div(student: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -31,14 +41,22 @@ def kl_div(student: torch.Tensor, target: torch.Tensor, temperature: float = 1.0
     return (log_p_target.exp() * (log_p_target - log_p_student)).sum(1) * temperature**2
 
 
-def dp_mask(teacher: torch.Tensor, initial: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """True where the teacher is the target: it gives the true class a strictly higher probability
-    than the frozen initial student (supervised), or, without labels, a strictly higher top-1
-    confidence. Ties go to the initial student. Probabilities at T = 1."""
-    p_t, p_0 = F.softmax(teacher.float(), 1), F.softmax(initial.float(), 1)
+def most_confident(candidates: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Per sample, the index of the most confident of K models (``candidates``: K x B x C logits):
+    the highest probability of the true class (supervised) or, without labels, the highest top-1
+    confidence. Ties go to the lowest index. Probabilities at T = 1."""
+    probs = F.softmax(candidates.float(), 2)
     if labels is None:
-        return p_t.max(1).values > p_0.max(1).values
-    return p_t.gather(1, labels[:, None])[:, 0] > p_0.gather(1, labels[:, None])[:, 0]
+        conf = probs.max(2).values
+    else:
+        conf = probs.gather(2, labels[None, :, None].expand(len(candidates), -1, 1))[..., 0]
+    return conf.argmax(0)  # argmax returns the first of equal maxima
+
+
+def dp_mask(teacher: torch.Tensor, initial: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """True where the teacher is the target: it is strictly more confident than the frozen initial
+    student (see :func:`most_confident`; ties go to the initial student)."""
+    return most_confident(torch.stack([initial, teacher]), labels) == 1
 
 
 @dataclass
@@ -50,6 +68,7 @@ class Strategy:
     needs_teacher: bool = field(default=True, init=False)
     needs_initial: bool = field(default=False, init=False)
     needs_labels: bool = field(default=False, init=False)
+    multi_teacher: bool = field(default=False, init=False)  # reads every teacher of Outputs.teachers
     last_mask: torch.Tensor | None = field(default=None, init=False, repr=False)  # where the teacher was the target
 
     def loss(self, out: Outputs) -> torch.Tensor:
@@ -97,19 +116,22 @@ class XEKL(Strategy):
 @dataclass
 class KLDP(Strategy):
     """``kl_dp`` / ``kl_dp_unsup``: per sample, the target is the teacher where it is more confident
-    than the frozen initial student (see :func:`dp_mask`), else the initial student. Pure KL: labels
-    only choose the partition, and ``supervised=False`` needs none."""
+    than the frozen initial student (see :func:`most_confident`), else the initial student. Pure KL:
+    labels only choose the partition, and ``supervised=False`` needs none. With several teachers
+    (parallel multi-teacher transfer) the target is the most confident of {initial, teachers...}."""
 
     supervised: bool = True
 
     def __post_init__(self) -> None:
         self.needs_initial = True
         self.needs_labels = self.supervised
+        self.multi_teacher = True
 
     def loss(self, out: Outputs) -> torch.Tensor:
-        mask = dp_mask(out.teacher, out.initial, out.labels if self.supervised else None)
-        self.last_mask = mask
-        target = torch.where(mask[:, None], out.teacher, out.initial)
+        candidates = torch.stack([out.initial, *out.teachers])
+        pick = most_confident(candidates, out.labels if self.supervised else None)
+        self.last_mask = pick > 0
+        target = candidates[pick, torch.arange(len(pick), device=pick.device)]
         return kl_div(out.student, target, self.temperature).mean()
 
 

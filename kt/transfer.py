@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,22 +82,26 @@ def view_for(model: Classifier, images: torch.Tensor) -> torch.Tensor:
 
 
 class FrozenLogits:
-    """Logits of the frozen models (teacher, initial student) for a batch: computed online, or read
-    from the frozen-output cache built by :func:`build_cache`."""
+    """Logits of the frozen models (teachers, initial student) for a batch: computed online, or read
+    from the frozen-output cache built by :func:`build_cache` (single teacher only)."""
 
-    def __init__(self, teacher: Classifier | None, initial: Classifier | None, device: torch.device,
+    def __init__(self, teachers: list[Classifier], initial: Classifier | None, device: torch.device,
                  cache: dict[str, torch.Tensor] | None = None) -> None:
-        self.models = {"teacher": teacher, "initial": initial}
+        self.teachers, self.initial = teachers, initial
         self.device, self.cache = device, cache
 
-    def __call__(self, name: str, images: torch.Tensor, pos: torch.Tensor, view: int) -> torch.Tensor | None:
-        model = self.models[name]
-        if model is None:
-            return None
-        if self.cache is not None:
-            return self.cache[name][view, pos].to(self.device)
+    def _logits(self, model: Classifier, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(self.device):
             return model(view_for(model, images)).float()
+
+    def __call__(self, images: torch.Tensor, pos: torch.Tensor, view: int
+                 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """(teachers' logits, initial student's logits or None)."""
+        if self.cache is not None:
+            initial = self.cache["initial"][view, pos].to(self.device) if self.initial is not None else None
+            return [self.cache["teacher"][view, pos].to(self.device)] if self.teachers else [], initial
+        initial = self._logits(self.initial, images) if self.initial is not None else None
+        return [self._logits(t, images) for t in self.teachers], initial
 
 
 def _frozen(model: Classifier | None) -> Classifier | None:
@@ -175,48 +180,66 @@ def initial_eval(model: Classifier, data: Split, settings: TransferSettings, dev
     return known.logits
 
 
-def transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
-             out_dir: str | Path, settings: TransferSettings | None = None, cache: str | Path | None = None,
-             registry: Registry | None = None, before: str | Path | None = None) -> pl.DataFrame:
+def as_teachers(teacher: ModelSpec | Sequence[ModelSpec] | None) -> list[ModelSpec]:
+    if teacher is None:
+        return []
+    return [teacher] if isinstance(teacher, ModelSpec) else list(teacher)
+
+
+def transfer(teacher: ModelSpec | Sequence[ModelSpec] | None, student: ModelSpec, strategy_name: str,
+             dataset: dict[str, Any], out_dir: str | Path, settings: TransferSettings | None = None,
+             cache: str | Path | None = None, registry: Registry | None = None, before: str | Path | None = None,
+             describe: dict[str, Any] | None = None) -> pl.DataFrame:
     """Train ``student`` from ``teacher`` with a strategy; write the run folder; return per-epoch metrics.
 
-    ``before``: the student's extracted eval logits, reused as the before-transfer evaluation.
+    ``teacher``: one spec, or several for a strategy with ``multi_teacher`` (parallel transfer: every
+    teacher runs on each batch). ``before``: the student's extracted eval logits, reused as the
+    before-transfer evaluation. ``describe``: extra entries for config.json; its ``group`` names the
+    teachers in the metrics' teacher column.
 
     Folder: ``student.pth`` (weights evaluated), ``eval_before.h5``/``eval_after.h5`` (logits layout),
-    ``metrics.parquet`` (per epoch), ``config.json``; ``state.pt`` (resume point) while running.
+    ``metrics.parquet`` (per epoch), ``config.json`` (written last: the run is complete); ``state.pt``
+    (resume point) while running.
     """
     previous = torch.are_deterministic_algorithms_enabled()
     try:
-        return _transfer(teacher, student, strategy_name, dataset, out_dir, settings, cache, registry, before)
+        return _transfer(as_teachers(teacher), student, strategy_name, dataset, Path(out_dir),
+                         settings or TransferSettings(), cache, registry or get_registry(), before, describe or {})
     finally:  # deterministic mode (on CPU) is for this run only
         torch.use_deterministic_algorithms(previous)
 
 
-def _transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
-              out_dir: str | Path, settings: TransferSettings | None, cache: str | Path | None,
-              registry: Registry | None, before: str | Path | None) -> pl.DataFrame:
-    settings = settings or TransferSettings()
-    registry = registry or get_registry()
-    out = Path(out_dir)
+def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
+              out: Path, settings: TransferSettings, cache: str | Path | None, registry: Registry,
+              before: str | Path | None, describe: dict[str, Any]) -> pl.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(strategy_name, settings.options, registry)
-    pair = f"{teacher.slug if teacher else '-'} -> {student.slug} [{strategy_name}]"
+    names = "+".join(t.slug for t in teachers) or "-"
+    pair = f"{names} -> {student.slug} [{strategy_name}]"
+    if strategy.needs_teacher and not teachers:
+        raise KtError(f"strategy {strategy_name!r} needs a teacher; give one.")
+    if len(teachers) > 1 and not strategy.multi_teacher:
+        raise KtError(f"strategy {strategy_name!r} learns from one teacher, {len(teachers)} were given ({names}); "
+                      "parallel multi-teacher transfer needs a strategy that reads several (kl_dp, kl_dp_unsup).")
+    if len(teachers) > 1 and cache:
+        raise KtError("the frozen-output cache holds one teacher; run multi-teacher transfer without --cache.")
     torch.manual_seed(settings.seed)
     dev = pick_device(settings.device)
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True)
-    if strategy.needs_teacher and teacher is None:
-        raise KtError(f"strategy {strategy_name!r} needs a teacher; give one.")
     train, evald = load_split(dataset, "train", registry), load_split(dataset, "eval", registry)
     model = prepare(create_model(student, train.classes, registry), dev)
     initial = _frozen(copy.deepcopy(model)) if strategy.needs_initial else None
-    teach = _frozen(prepare(create_model(teacher, train.classes, registry), dev)) if strategy.needs_teacher else None
-    frozen = FrozenLogits(teach, initial, dev, load_cache(cache, teacher, student, train, settings) if cache else None)
+    teach = [_frozen(prepare(create_model(t, train.classes, registry), dev))
+             for t in (teachers if strategy.needs_teacher else [])]
+    cached = load_cache(cache, teachers[0], student, train, settings) if cache else None
+    frozen = FrozenLogits(teach, initial, dev, cached)
     lr = settings.learning_rate(strategy)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    config = {"teacher": teacher.to_dict() if teacher else None, "student": student.to_dict(),
+    config = {"teacher": teachers[0].to_dict() if len(teachers) == 1 else None,
+              "teachers": [t.to_dict() for t in teachers], "student": student.to_dict(),
               "strategy": strategy_name, "settings": asdict(settings), "lr": lr, "dataset": dataset,
-              "cache": str(cache) if cache else None, "digest": settings.digest()}
+              "cache": str(cache) if cache else None, "digest": settings.digest()} | describe
 
     state_path = out / "state.pt"
     history: list[dict[str, Any]] = []
@@ -232,10 +255,9 @@ def _transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str,
         history, start_epoch, step = state["history"], state["epoch"], state["step"]
         log.info("resuming %s from epoch %d", pair, start_epoch)
     else:
-        before = initial_eval(model, evald, settings, dev, before)
-        write_logits(out / "eval_before.h5", before, evald, logits_attrs(student, model, evald, dataset, before))
-        history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "teacher_share": float("nan"),
-                        "eval_accuracy": float((before.argmax(1) == evald.labels).mean() * 100), "seconds": 0.0})
+        logits = initial_eval(model, evald, settings, dev, before)
+        write_logits(out / "eval_before.h5", logits, evald, logits_attrs(student, model, evald, dataset, logits))
+        history.append(epoch_row(0, 0, [], [], 0.0, logits, evald))
     strategy.setup(model)
 
     labels_all = torch.as_tensor(train.labels)
@@ -251,9 +273,9 @@ def _transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str,
                                          desc=f"{pair} epoch {epoch + 1}", mininterval=5,
                                          total=-(-len(train) // settings.batch_size)):
             images = plan.apply(images, pos).to(dev, non_blocking=True)
-            labels = labels_all[pos].to(dev)
-            outputs = Outputs(student=None, teacher=frozen("teacher", images, pos, view),
-                              initial=frozen("initial", images, pos, view), labels=labels)
+            teacher_logits, initial_logits = frozen(images, pos, view)
+            outputs = Outputs(student=None, teachers=teacher_logits, initial=initial_logits,
+                              labels=labels_all[pos].to(dev))
             with autocast(dev):
                 outputs.student = model(view_for(model, images))
             loss = strategy.loss(outputs)
@@ -268,34 +290,50 @@ def _transfer(teacher: ModelSpec | None, student: ModelSpec, strategy_name: str,
             losses.append(loss.item())
             if strategy.last_mask is not None:
                 shares.append(float(strategy.last_mask.float().mean()))
-        row = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
-               "teacher_share": float(np.mean(shares)) if shares else float("nan"),
-               "eval_accuracy": float("nan"), "seconds": time.perf_counter() - t0}
+        logits = None
         if settings.eval_every and ((epoch + 1) % settings.eval_every == 0) and epoch + 1 < settings.epochs:
             logits = evaluate(strategy.eval_model(model), evald, settings, dev)
-            row["eval_accuracy"] = float((logits.argmax(1) == evald.labels).mean() * 100)
-        history.append(row)
-        log.info("%s epoch %d: loss %.4f, eval %.2f %%", pair, epoch + 1, row["train_loss"], row["eval_accuracy"])
+        history.append(epoch_row(epoch + 1, step, losses, shares, time.perf_counter() - t0, logits, evald))
+        log.info("%s epoch %d: loss %.4f, eval %.2f %%", pair, epoch + 1, history[-1]["train_loss"],
+                 history[-1]["eval_accuracy"])
         save_state(state_path, {"digest": settings.digest(), "pair": pair, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "strategy": strategy.state_dict(),
                                 "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1, "step": step})
 
     final = strategy.eval_model(model)
     after = evaluate(final, evald, settings, dev)
-    history[-1]["eval_accuracy"] = float((after.argmax(1) == evald.labels).mean() * 100)
+    history[-1]["eval_accuracy"] = accuracy(after, evald)
+    label = describe.get("group", names if teachers else None)
+    metrics = pl.DataFrame(history).with_columns(pl.lit(strategy_name).alias("strategy"),
+                                                 pl.lit(label).alias("teacher"), pl.lit(student.slug).alias("student"))
+    write_run(out, final, student, after, evald, dataset, config, metrics)
+    state_path.unlink(missing_ok=True)
+    return metrics
+
+
+def accuracy(logits: np.ndarray, data: Split) -> float:
+    return float((logits.argmax(1) == data.labels).mean() * 100)
+
+
+def epoch_row(epoch: int, step: int, losses: list[float], shares: list[float], seconds: float,
+              logits: np.ndarray | None, evald: Split) -> dict[str, Any]:
+    """One row of metrics.parquet; eval accuracy is NaN on epochs that were not evaluated."""
+    return {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "teacher_share": float(np.mean(shares)) if shares else float("nan"),
+            "eval_accuracy": accuracy(logits, evald) if logits is not None else float("nan"), "seconds": seconds}
+
+
+def write_run(out: Path, final: Classifier, student: ModelSpec, after: np.ndarray, evald: Split,
+              dataset: dict[str, Any], config: dict[str, Any], metrics: pl.DataFrame) -> None:
+    """The run folder's results, each written atomically; config.json last marks the run complete."""
     write_logits(out / "eval_after.h5", after, evald, logits_attrs(student, final, evald, dataset, after)
                  | {"transfer": json.dumps(config)})
     with atomic_path(out / "student.pth") as tmp:
         torch.save(final.body.state_dict(), tmp)
-    metrics = pl.DataFrame(history).with_columns(
-        pl.lit(strategy_name).alias("strategy"), pl.lit(teacher.slug if teacher else None).alias("teacher"),
-        pl.lit(student.slug).alias("student"))
     with atomic_path(out / "metrics.parquet") as tmp:
         metrics.write_parquet(tmp)
     with atomic_path(out / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2))
-    state_path.unlink(missing_ok=True)
-    return metrics
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

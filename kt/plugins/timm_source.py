@@ -25,13 +25,16 @@ class TimmSource(ModelSource):
             kwargs["num_classes"] = spec.num_classes
         pretrained = spec.pretrained and (spec.weights is not None or "." in spec.arch)
         if spec.weights is not None:
-            overlay = {"file": str(spec.weights)}
+            # custom_load False: timm's state-dict loader (key filter, head resizing) for every .pth /
+            # .safetensors file, also for archs whose hub weights use a custom loader (ViT: JAX .npz),
+            # which older timm versions applied to any local file
+            overlay = {"file": str(spec.weights), "custom_load": str(spec.weights).endswith(".npz")}
             if spec.num_classes is not None:
                 overlay["num_classes"] = spec.num_classes
             kwargs["pretrained_cfg_overlay"] = overlay
         try:
             model = timm.create_model(spec.arch, pretrained=pretrained, **kwargs)
-        except (RuntimeError, OSError, TypeError) as e:
+        except (RuntimeError, OSError, TypeError, ValueError) as e:
             raise KtError(f"model {spec.slug!r}: timm could not build {spec.arch!r} "
                           f"({'weights ' + str(spec.weights) if spec.weights else 'hub weights'}): {e}. "
                           "Check num_classes/args match the weight file, or set 'weights' to a local "

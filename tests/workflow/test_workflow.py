@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from kt.artifacts import describe, read_logits
 from kt.metrics import run_metrics
@@ -67,26 +68,53 @@ def test_transfer_runs_and_metrics_are_consistent(run: Path) -> None:
     assert pairs.height >= 1 and (pairs["teacher"] != pairs["student"]).all()
     summary = pl.read_parquet(run / "summary.parquet")
     runs = summary.filter(pl.col("scope") == "run")
-    assert runs.height == pairs.height * 2
+    assert runs.filter("selected").height == pairs.height * 2
     files = {f.stem: read_logits(f) for f in (run / "logits" / "eval").glob("*.h5")}
     for row in runs.iter_rows(named=True):
         folder = run / "transfer" / row["strategy"] / f"{row['teacher']}__{row['student']}"
         before, after = read_logits(folder / "eval_before.h5"), read_logits(folder / "eval_after.h5")
-        student, teacher = files[row["student"]], files[row["teacher"]]
+        student = files[row["student"]]
+        teachers = np.stack([files[t].predictions for t in row["members"].split(",")])
         assert before.attrs["dataset_fingerprint"] == student.attrs["dataset_fingerprint"]
         np.testing.assert_allclose(before.logits, student.logits, rtol=1e-4, atol=1e-4)
-        expected = run_metrics(before.predictions, after.predictions, teacher.predictions, before.labels, 10)
+        expected = run_metrics(before.predictions, after.predictions, teachers, before.labels, 10)
         for key, value in expected.items():
             assert row[key] == pytest.approx(value), key
         epochs = pl.read_parquet(folder / "metrics.parquet")
-        assert epochs["epoch"].to_list() == [0, 1]
-        assert json.loads((folder / "config.json").read_text())["strategy"] == row["strategy"]
+        assert epochs["epoch"].to_list() == ([0, 1, 2] if row["strategy"] == "sequential" else [0, 1])
+        config = json.loads((folder / "config.json").read_text())
+        assert config.get("mode", config["strategy"]) == row["strategy"]
         assert not (folder / "state.pt").exists()
     strategies = summary.filter(pl.col("scope") == "strategy")
     assert sorted(strategies["strategy"].to_list()) == ["kl", "kl_dp"]
     assert ((strategies["success_rate"] >= 0) & (strategies["success_rate"] <= 100)).all()
     assert {p.name for p in (run / "figures" / "transfer").glob("*.png")} >= {
-        "success_rate.png", "delta_vs_accdiff.png", "gain_vs_loss.png", "epoch_curves.png"}
+        "success_rate.png", "delta_vs_accdiff.png", "gain_vs_loss.png", "epoch_curves.png", "multi_teacher.png"}
+
+
+def test_multi_teacher_group(run: Path) -> None:
+    """top 2 of 3 models for the ResNet student: both others, in every mode, next to their single runs."""
+    summary = pl.read_parquet(run / "summary.parquet")
+    group = summary.filter(pl.col("scope") == "group").row(0, named=True)
+    assert (group["teacher"], group["student"], group["members"]) == ("top2", "resnet", "mobilenet,vit")
+    runs = summary.filter(pl.col("scope") == "run")
+    singles = runs.filter((pl.col("strategy") == "kl_dp") & (pl.col("student") == "resnet")
+                          & pl.col("teacher").is_in(["mobilenet", "vit"]))["delta"]
+    assert group["n_single"] == 2
+    assert (group["single_min_delta"], group["single_max_delta"]) == pytest.approx((singles.min(), singles.max()))
+    for mode in ("sequential", "parallel", "soup"):
+        delta = runs.filter((pl.col("strategy") == mode) & (pl.col("teacher") == "top2"))["delta"].item()
+        assert group[f"{mode}_delta"] == pytest.approx(delta)
+    stages = sorted(p.name for p in (run / "transfer" / "sequential" / "top2__resnet" / "stages").iterdir())
+    accuracy = {m: read_logits(run / "logits" / "eval" / f"{m}.h5").accuracy for m in ("mobilenet", "vit")}
+    assert stages == [f"{k}_{m}" for k, m in enumerate(sorted(accuracy, key=accuracy.get), 1)]  # weakest first
+    soup = torch.load(run / "transfer" / "soup" / "top2__resnet" / "student.pth", weights_only=True)
+    members = [torch.load(run / "transfer" / "kl_dp" / f"{t}__resnet" / "student.pth", weights_only=True)
+               for t in ("mobilenet", "vit")]
+    for key, value in soup.items():
+        if value.dtype.is_floating_point:
+            mean = (members[0][key].double() + members[1][key].double()) / 2
+            torch.testing.assert_close(value, mean.to(value.dtype))
 
 
 def test_nothing_half_written_and_rerun_is_a_no_op(run: Path) -> None:

@@ -1,6 +1,7 @@
 # Config validation, the model grid and small helpers shared by every rule.
 
 import json
+import re
 import shlex
 import sys
 
@@ -8,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 from kt.config import check as check_config
+from kt.config import group_name
 from kt.config import validate as validate_config
 from kt.errors import KtError
 
@@ -30,16 +32,32 @@ ENV = "../envs/kt.yaml"
 
 
 STRATEGIES = config["transfer"]["strategies"]
+MULTI = config["multi_teacher"]
+GROUPS = {group_name(g): g for g in MULTI["groups"]}  # name -> {student, teachers | top}
+MODES = MULTI["modes"] if GROUPS else []
+# One run folder layout for all: {strategy} is a strategy or a multi-teacher mode, {teacher} a model
+# or a group.
 RUN = f"{RESULTS}/transfer/{{strategy}}/{{teacher}}__{{student}}"
+RUN_OUTPUT = dict(
+    weights=f"{RUN}/student.pth",
+    before=f"{RUN}/eval_before.h5",
+    after=f"{RUN}/eval_after.h5",
+    metrics=f"{RUN}/metrics.parquet",
+    config=f"{RUN}/config.json",
+)
 SETTINGS_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "augment", "seed", "eval_every",
                  "cache_views")
 
 
+def one_of(names):
+    return "|".join(map(re.escape, names)) or "__none__"
+
+
 wildcard_constraints:
-    model="|".join(MODELS),
-    teacher="|".join(MODELS),
-    student="|".join(MODELS),
-    strategy="|".join(STRATEGIES),
+    model=one_of(MODELS),
+    teacher=one_of([*MODELS, *GROUPS]),
+    student=one_of(MODELS),
+    strategy=one_of(dict.fromkeys([*STRATEGIES, MULTI["strategy"], *MODES])),
     zoo_model="|".join(ZOO) or "__none__",
     split="train|eval",
 
@@ -92,17 +110,48 @@ def selected_pairs():
     return pl.read_parquet(path).select("teacher", "student").iter_rows()
 
 
+def group_teachers(group):
+    """A group's teachers: as listed, or its ``top`` k by positive flips on the student (read from
+    the complementarity table once the select_pairs checkpoint, which needs it, has run)."""
+    import polars as pl
+
+    spec = GROUPS[group]
+    if "teachers" in spec:
+        return spec["teachers"]
+    checkpoints.select_pairs.get()  # its input, the complementarity table, exists from here on
+    table = pl.read_parquet(rules.complementarity.output.table)
+    ranked = table.filter(pl.col("student") == spec["student"]).sort("pos_flips", descending=True, maintain_order=True)
+    return ranked["teacher"].head(spec["top"]).to_list()
+
+
+def member_runs(group, name=""):
+    """The single-teacher runs (multi_teacher.strategy) of a group's teachers into its student."""
+    student = GROUPS[group]["student"]
+    return [f"{RESULTS}/transfer/{MULTI['strategy']}/{t}__{student}/{name}" for t in group_teachers(group)]
+
+
 def run_files(name):
-    """Input function: file ``name`` of every selected run (pairs x strategies)."""
+    """Input function: file ``name`` of every run: selected pairs x strategies, then each group's
+    modes and its members' single-teacher runs."""
 
     def files(wildcards):
-        return [
+        runs = [
             f"{RESULTS}/transfer/{strategy}/{teacher}__{student}/{name}"
             for teacher, student in selected_pairs()
             for strategy in STRATEGIES
         ]
+        for group, spec in GROUPS.items():
+            runs += [f"{RESULTS}/transfer/{mode}/{group}__{spec['student']}/{name}" for mode in MODES]
+            runs += member_runs(group, name)
+        return list(dict.fromkeys(runs))
 
     return files
+
+
+def teacher_logits(wildcards):
+    """Eval logits of a run's teacher, or of every teacher of a group."""
+    teachers = group_teachers(wildcards.teacher) if wildcards.teacher in GROUPS else [wildcards.teacher]
+    return [f"{RESULTS}/logits/eval/{t}.h5" for t in teachers]
 
 
 def dataset_arg(wildcards=None):

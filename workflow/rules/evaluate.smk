@@ -3,8 +3,10 @@
 
 rule evaluate:
     input:
-        run=rules.transfer.output,
-        teacher_logits=f"{RESULTS}/logits/eval/{{teacher}}.h5",
+        before=RUN_OUTPUT["before"],
+        after=RUN_OUTPUT["after"],
+        config=RUN_OUTPUT["config"],
+        teacher_logits=teacher_logits,
     output:
         metrics=f"{RUN}/transfer_metrics.parquet",
     params:

@@ -30,17 +30,16 @@ rule cache_frozen:
 
 
 rule transfer:
+    wildcard_constraints:
+        strategy=one_of(dict.fromkeys([*STRATEGIES, MULTI["strategy"]])),
+        teacher=one_of(MODELS),
     input:
         teacher=lambda w: weights_of(w.teacher),
         student=lambda w: weights_of(w.student),
         cache=frozen_cache,
         extracted=f"{RESULTS}/logits/eval/{{student}}.h5",
     output:
-        weights=f"{RUN}/student.pth",
-        before=f"{RUN}/eval_before.h5",
-        after=f"{RUN}/eval_after.h5",
-        metrics=f"{RUN}/metrics.parquet",
-        config=f"{RUN}/config.json",
+        **RUN_OUTPUT,
     params:
         kt=KT,
         teacher=lambda w: spec_arg(w.teacher),

@@ -1,0 +1,206 @@
+"""Multi-teacher transfer (DESIGN.md §1): ``sequential``, ``parallel`` and ``soup``.
+
+* ``sequential``: the single-teacher strategy with one teacher after another, ordered by teacher
+  accuracy (the curriculum). Each stage is an ordinary run folder under ``stages/`` whose student
+  starts from the previous stage's result, so the frozen initial student is reset to the current
+  student at every stage; a finished stage is not run again.
+* ``parallel``: one run in which every teacher scores each batch; a data-partitioning strategy
+  then takes, per sample, the most confident of {initial student, teachers}
+  (:func:`kt.strategies.most_confident`).
+* ``soup``: the uniform average of the weights of the single-teacher students (one per teacher,
+  same architecture), buffers included; see :func:`average_state_dicts`.
+
+Every mode writes the same run folder as a single-teacher transfer, with the group's name in the
+teacher column, so evaluation and the summary treat all runs alike.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from kt.artifacts import read_logits
+from kt.data import load_split
+from kt.device import pick_device
+from kt.errors import KtError
+from kt.extract import prepare
+from kt.models import ModelSpec, create_model
+from kt.registry import Registry, get_registry
+from kt.transfer import TransferSettings, epoch_row, evaluate, transfer, write_run
+from kt.zoo import recalibrate_batchnorm
+
+MODES = ("sequential", "parallel", "soup")
+ORDERS = ("ascending", "descending")
+SOUP_BATCHNORM = ("mean", "recalibrate")
+
+
+def curriculum(teachers: Sequence[ModelSpec], accuracies: Sequence[float], order: str = "ascending"
+               ) -> list[ModelSpec]:
+    """Teachers sorted by accuracy (``ascending``: weakest first); equal accuracies keep their order."""
+    if order not in ORDERS:
+        raise KtError(f"unknown curriculum order {order!r} (config key multi_teacher.order); use one of {ORDERS}.")
+    if len(teachers) != len(accuracies):
+        raise KtError(f"{len(teachers)} teachers but {len(accuracies)} accuracies; give one per teacher.")
+    ranked = sorted(range(len(teachers)), key=lambda i: accuracies[i], reverse=order == "descending")
+    return [teachers[i] for i in ranked]
+
+
+def teacher_accuracies(logits_files: Sequence[str | Path], teachers: Sequence[ModelSpec]) -> list[float]:
+    """Each teacher's eval accuracy from its extraction file (checked to be that teacher's)."""
+    out = []
+    for path, spec in zip(logits_files, teachers, strict=True):
+        known = read_logits(path)
+        if known.attrs.get("model") != spec.slug:
+            raise KtError(f"{path} holds the logits of {known.attrs.get('model')!r}, not of teacher {spec.slug!r}; "
+                          "give the teachers' logits files in the order of the teachers.")
+        out.append(known.accuracy)
+    return out
+
+
+def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str, dataset: dict[str, Any],
+               out_dir: str | Path, group: str, settings: TransferSettings | None = None,
+               registry: Registry | None = None, before: str | Path | None = None,
+               accuracies: Sequence[float] | None = None, order: str = "ascending") -> pl.DataFrame:
+    """One single-teacher transfer per teacher, in curriculum order, each starting from the last.
+
+    Stages live in ``out_dir/stages/{k}_{teacher}/``; the group's folder gets the first stage's
+    ``eval_before.h5``, the last stage's results and per-epoch metrics over all stages (``stage``,
+    ``stage_teacher`` columns; epochs counted across stages)."""
+    out = Path(out_dir)
+    registry = registry or get_registry()
+    settings = settings or TransferSettings()
+    stages = curriculum(teachers, accuracies, order) if accuracies is not None else list(teachers)
+    describe = {"mode": "sequential", "group": group, "base_strategy": strategy, "order": order,
+                "members": [t.slug for t in stages]}
+    current, previous_after, frames = student, before, []
+    for k, teacher in enumerate(stages, 1):
+        stage = out / "stages" / f"{k}_{teacher.slug}"
+        if finished(stage, teacher, current, settings):  # done earlier: resume after it
+            metrics = pl.read_parquet(stage / "metrics.parquet")
+        else:  # missing, unfinished (resumes from its state.pt) or from another curriculum (redone)
+            if (stage / "config.json").exists():
+                shutil.rmtree(stage)
+            metrics = transfer(teacher, current, strategy, dataset, stage, settings, registry=registry,
+                               before=previous_after, describe={"stage": k} | describe)
+        shift = (k - 1) * settings.epochs
+        frames.append(metrics.filter(pl.col("epoch") > 0 if k > 1 else pl.lit(True)).with_columns(
+            pl.col("epoch") + shift, pl.lit(k).alias("stage"), pl.lit(teacher.slug).alias("stage_teacher")))
+        current = replace(student, weights=str(stage / "student.pth"))
+        previous_after = stage / "eval_after.h5"
+    metrics = pl.concat(frames).with_columns(pl.lit("sequential").alias("strategy"), pl.lit(group).alias("teacher"))
+    first, last = out / "stages" / f"1_{stages[0].slug}", out / "stages" / f"{len(stages)}_{stages[-1].slug}"
+    config = json.loads((last / "config.json").read_text()) | describe | {"student": student.to_dict(),
+                                                                            "teachers": [t.to_dict() for t in stages]}
+    shutil.copyfile(first / "eval_before.h5", out / "eval_before.h5")
+    evald = load_split(dataset, "eval", registry)
+    final = create_model(current, evald.classes, registry)
+    after = read_logits(last / "eval_after.h5").logits
+    write_run(out, final, student, after, evald, dataset, config, metrics)
+    return metrics
+
+
+def finished(stage: Path, teacher: ModelSpec, student: ModelSpec, settings: TransferSettings) -> bool:
+    """Whether ``stage`` holds a complete run of exactly this teacher, starting student and settings."""
+    if not (stage / "config.json").exists():
+        return False
+    done = json.loads((stage / "config.json").read_text())
+    return (done.get("teacher") == teacher.to_dict() and done.get("student") == student.to_dict()
+            and done.get("digest") == settings.digest())
+
+
+def parallel(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str, dataset: dict[str, Any],
+             out_dir: str | Path, group: str, settings: TransferSettings | None = None,
+             registry: Registry | None = None, before: str | Path | None = None) -> pl.DataFrame:
+    """One transfer in which every teacher scores each batch (the strategy must read several)."""
+    describe = {"mode": "parallel", "group": group, "base_strategy": strategy, "members": [t.slug for t in teachers]}
+    return transfer(list(teachers), student, strategy, dataset, out_dir, settings, registry=registry,
+                    before=before, describe=describe)
+
+
+def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The arithmetic mean of state dicts, entry by entry, buffers included.
+
+    Floating tensors (weights, batch-norm running mean and variance) are averaged in float64 and cast
+    back; integer buffers (batch-norm's ``num_batches_tracked``) get their mean rounded. Averaging the
+    running statistics is what model soups do; it is exact for the means and an approximation for the
+    variances, which :func:`soup` can re-estimate instead (``batchnorm="recalibrate"``)."""
+    if not states:
+        raise KtError("a soup needs at least one member.")
+    keys = list(states[0])
+    for i, state in enumerate(states[1:], 1):
+        if list(state) != keys or any(state[k].shape != states[0][k].shape for k in keys):
+            raise KtError(f"soup member {i} has other weights than member 0 (different architecture); "
+                          "a soup averages students of one architecture only.")
+    out = {}
+    for key in keys:
+        stacked = torch.stack([s[key].detach().cpu().to(torch.float64) for s in states])
+        mean = stacked.mean(0)
+        dtype = states[0][key].dtype
+        out[key] = mean.to(dtype) if dtype.is_floating_point else mean.round().to(dtype)
+    return out
+
+
+def check_same_student(students: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
+    """Refuse members whose students differ in architecture (model id, arguments, classes) or start."""
+    arch = [(m["id"], json.dumps(m.get("args") or {}, sort_keys=True), m.get("num_classes")) for m in students]
+    if len(set(arch)) > 1:
+        listing = "; ".join(f"{n}: {a[0]} {a[1]}" for n, a in zip(names, arch, strict=True))
+        raise KtError(f"a soup averages students of one architecture, these differ ({listing}); "
+                      "use sequential or parallel for mixed architectures.")
+    if len({json.dumps(m, sort_keys=True) for m in students}) > 1:
+        raise KtError(f"soup members {list(names)} trained students that start from different weights; "
+                      "a soup averages transfers into one student.")
+
+
+def soup(member_runs: Sequence[str | Path], dataset: dict[str, Any], out_dir: str | Path, group: str,
+         settings: TransferSettings | None = None, registry: Registry | None = None,
+         batchnorm: str = "mean") -> pl.DataFrame:
+    """Average the students of single-teacher runs (their ``student.pth``) and evaluate the soup.
+
+    The members must have trained one student (same architecture and initial weights); their
+    common ``eval_before.h5`` becomes the soup's."""
+    if batchnorm not in SOUP_BATCHNORM:
+        raise KtError(f"unknown soup batch-norm handling {batchnorm!r} (config key multi_teacher.soup_batchnorm); "
+                      f"use one of {SOUP_BATCHNORM}.")
+    registry = registry or get_registry()
+    settings = settings or TransferSettings()
+    runs = [Path(r) for r in member_runs]
+    configs = []
+    for run in runs:
+        if not (run / "config.json").exists():
+            raise KtError(f"soup member {run} is not a finished transfer run (no config.json); run it first.")
+        configs.append(json.loads((run / "config.json").read_text()))
+    check_same_student([c["student"] for c in configs], [str(r) for r in runs])
+    student = ModelSpec.parse(configs[0]["student"])
+    dev = pick_device(settings.device)
+    evald = load_split(dataset, "eval", registry)
+    model = create_model(student, evald.classes, registry)
+    model.body.load_state_dict(average_state_dicts(
+        [torch.load(r / "student.pth", map_location="cpu", weights_only=True) for r in runs]))
+    model = prepare(model, dev)
+    if batchnorm == "recalibrate":
+        train = load_split(dataset, "train", registry)
+        recalibrate_batchnorm(model, train, settings.batch_size, torch.Generator().manual_seed(settings.seed))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(runs[0] / "eval_before.h5", out / "eval_before.h5")
+    before = read_logits(out / "eval_before.h5").logits
+    after = evaluate(model, evald, settings, dev)
+    members = [ModelSpec.parse(c["teacher"]).slug if c.get("teacher") else str(r)
+               for c, r in zip(configs, runs, strict=True)]
+    config = {"mode": "soup", "group": group, "members": members, "member_runs": [str(r) for r in runs],
+              "base_strategy": configs[0]["strategy"], "batchnorm": batchnorm, "student": student.to_dict(),
+              "dataset": dataset, "settings": configs[0]["settings"]}
+    epochs = configs[0]["settings"]["epochs"]
+    rows = [epoch_row(0, 0, [], [], 0.0, before, evald), epoch_row(epochs, 0, [], [], 0.0, after, evald)]
+    metrics = pl.DataFrame(rows).with_columns(pl.lit("soup").alias("strategy"), pl.lit(group).alias("teacher"),
+                                              pl.lit(student.slug).alias("student"))
+    write_run(out, model, student, after, evald, dataset, config, metrics)
+    return metrics

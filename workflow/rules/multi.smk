@@ -1,0 +1,73 @@
+# Multi-teacher transfer: one student, a group of teachers, three modes (kt/multi.py). Each mode
+# writes the same run folder as a single-teacher transfer, with the group in the teacher position.
+
+
+rule multi_transfer:
+    wildcard_constraints:
+        strategy="sequential|parallel",
+        teacher=one_of(GROUPS),
+    input:
+        teachers=lambda w: [f for t in group_teachers(w.teacher) for f in weights_of(t)],
+        student=lambda w: weights_of(w.student),
+        teacher_logits=teacher_logits,
+        extracted=f"{RESULTS}/logits/eval/{{student}}.h5",
+    output:
+        **RUN_OUTPUT,
+    params:
+        kt=KT,
+        teachers=lambda w: " ".join(spec_arg(t) for t in group_teachers(w.teacher)),
+        student=lambda w: spec_arg(w.student),
+        dataset=dataset_arg,
+        settings=settings_arg(MULTI["strategy"]),
+        strategy=MULTI["strategy"],
+        order=MULTI["order"],
+        run_dir=run_dir,
+    log:
+        f"{RESULTS}/logs/transfer/{{strategy}}/{{teacher}}__{{student}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/transfer/{{strategy}}/{{teacher}}__{{student}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+        gpu=1,
+    shell:
+        "{params.kt} --threads {threads} multi-transfer --mode {wildcards.strategy} --group {wildcards.teacher} "
+        "--teachers {params.teachers} --teacher-logits {input.teacher_logits} --order {params.order} "
+        "--student {params.student} --strategy {params.strategy} --dataset {params.dataset} "
+        "--settings {params.settings} --before {input.extracted} --out {params.run_dir} > {log} 2>&1"
+
+
+rule soup:
+    wildcard_constraints:
+        strategy="soup",
+        teacher=one_of(GROUPS),
+    input:
+        members=lambda w: member_runs(w.teacher, "student.pth"),
+        configs=lambda w: member_runs(w.teacher, "config.json"),
+    output:
+        **RUN_OUTPUT,
+    params:
+        kt=KT,
+        members=lambda w: " ".join(member_runs(w.teacher)),
+        dataset=dataset_arg,
+        settings=settings_arg(MULTI["strategy"]),
+        batchnorm=MULTI["soup_batchnorm"],
+        run_dir=run_dir,
+    log:
+        f"{RESULTS}/logs/transfer/{{strategy}}/{{teacher}}__{{student}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/transfer/{{strategy}}/{{teacher}}__{{student}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
+    shell:
+        "{params.kt} --threads {threads} soup --members {params.members} --group {wildcards.teacher} "
+        "--dataset {params.dataset} --settings {params.settings} --batchnorm {params.batchnorm} "
+        "--out {params.run_dir} > {log} 2>&1"
