@@ -56,12 +56,15 @@ def _index_array(ids: np.ndarray) -> np.ndarray:
 
 
 class LogitsWriter:
-    """Streams rows into an open HDF5 file (inside :func:`atomic_path`)."""
+    """Streams rows into an open HDF5 file (inside :func:`atomic_path`), buffering consecutive rows
+    up to ``flush_bytes`` so that small batches do not each pay an HDF5 write. Call :meth:`flush`
+    before closing the file."""
 
     def __init__(self, f: h5py.File, ids: np.ndarray, labels: np.ndarray, num_classes: int,
-                 feature_dim: int | None = None) -> None:
+                 feature_dim: int | None = None, flush_bytes: int = 1 << 20) -> None:
         n = len(labels)
-        self.f = f
+        self.f, self.flush_bytes = f, flush_bytes
+        self._start, self._rows, self._bytes, self._parts = 0, 0, 0, []
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
         index = _index_array(ids)
         f.create_dataset("index", data=index, dtype=index.dtype)
@@ -72,10 +75,24 @@ class LogitsWriter:
                              chunks=row_chunks((n, feature_dim), 4))
 
     def write(self, start: int, logits: np.ndarray, features: np.ndarray | None = None) -> None:
-        stop = start + len(logits)
-        self.f["logits"][start:stop] = logits
-        if features is not None:
-            self.f["features"][start:stop] = features
+        if self._parts and start != self._start + self._rows:
+            self.flush()
+        if not self._parts:
+            self._start = start
+        self._parts.append((logits, features))
+        self._rows += len(logits)
+        self._bytes += logits.nbytes + (features.nbytes if features is not None else 0)
+        if self._bytes >= self.flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        stop = self._start + self._rows
+        self.f["logits"][self._start:stop] = np.concatenate([p[0] for p in self._parts])
+        if self._parts[0][1] is not None:
+            self.f["features"][self._start:stop] = np.concatenate([p[1] for p in self._parts])
+        self._start, self._rows, self._bytes, self._parts = stop, 0, 0, []
 
 
 def set_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:

@@ -45,7 +45,9 @@ def predict(model: Classifier, data: Split, batch_size: int, device: torch.devic
     """Yield (positions, logits, features or None) on the CPU for every batch of ``data``, in order.
 
     ``model`` must already be on ``device`` (see :func:`prepare`); inference mode, AMP on GPUs and
-    batch-size back-off on out-of-memory are handled here, once for every caller.
+    batch-size back-off on out-of-memory are handled here, once for every caller. On a GPU the
+    next batch is queued before the last one's outputs are copied back, so the GPU never waits for
+    Python between batches.
     """
     backoff = backoff or BatchBackoff(batch_size)
 
@@ -56,14 +58,23 @@ def predict(model: Classifier, data: Split, batch_size: int, device: torch.devic
         with autocast(device):
             if features:
                 logits, feats = model.logits_and_features(x)
-                return logits.float().cpu(), feats.float().cpu()
-            return model(x).float().cpu(), None
+                return logits.float(), feats.float()
+            return model(x).float(), None
 
+    def to_cpu(pos: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor | None]]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return (pos, torch.cat([p[0] for p in parts]).cpu(),
+                torch.cat([p[1] for p in parts]).cpu() if features else None)
+
+    pending = None
     with torch.inference_mode():
-        for images, _labels, pos in data.batches(model.preprocess, batch_size, workers=workers):
+        for images, _labels, pos in data.batches(model.preprocess, batch_size, workers=workers, device=device):
             parts = backoff(run, images)
-            yield (pos, torch.cat([p[0] for p in parts]),
-                   torch.cat([p[1] for p in parts]) if features else None)
+            if pending is not None:
+                yield to_cpu(*pending)
+            pending = (pos, parts)
+        if pending is not None:
+            yield to_cpu(*pending)
 
 
 def logits_attrs(spec: ModelSpec, model: Classifier, data: Split, dataset: dict[str, Any],
@@ -85,7 +96,9 @@ def logits_attrs(spec: ModelSpec, model: Classifier, data: Split, dataset: dict[
 def write_logits(out: str | Path, logits: np.ndarray, data: Split, attrs: dict[str, Any]) -> None:
     """Write an in-memory logits array in the shared layout (atomically)."""
     with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
-        LogitsWriter(f, data.ids, data.labels, logits.shape[1]).write(0, logits)
+        writer = LogitsWriter(f, data.ids, data.labels, logits.shape[1])
+        writer.write(0, logits)
+        writer.flush()
         set_attrs(f, attrs)
 
 
@@ -120,6 +133,8 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
             correct += int((logits.argmax(1).numpy() == data.labels[pos.numpy()]).sum())
             bar.update(len(pos))
         bar.close()
+        if writer is not None:
+            writer.flush()
         attrs = logits_attrs(spec, model, data, dataset) | {
             "accuracy": 100.0 * correct / len(data), "images_per_s": len(data) / max(busy, 1e-9),
             "device": str(dev), "batch_size": backoff.size}

@@ -154,8 +154,8 @@ def plot_summary(table: pl.DataFrame, folder: str | Path) -> list[Path]:
 
 def plot_multi_teacher(groups: pl.DataFrame, out_png: str | Path) -> Path:
     """Per group: the single-teacher Δ (mean, min-max bar) next to each multi-teacher mode's Δ."""
-    modes = [c.removesuffix("_delta") for c in groups.columns
-             if c.endswith("_delta") and not c.startswith("single_")]
+    modes = [c.removesuffix("_delta") for c in groups.columns  # the modes' columns (aggregates are null here)
+             if c.endswith("_delta") and not c.startswith("single_") and groups[c].is_not_null().any()]
     fig = Figure(figsize=(1.5 + 2.2 * len(groups), 3.6))
     ax = fig.subplots()
     width = 0.8 / (len(modes) + 1)
@@ -172,7 +172,7 @@ def plot_multi_teacher(groups: pl.DataFrame, out_png: str | Path) -> Path:
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("transfer delta Δ (points)")
     ax.set_title("Multi-teacher transfer vs single teachers")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     return save_figure(fig, out_png)
 
 

@@ -195,8 +195,9 @@ def soup(member_runs: Sequence[str | Path], dataset: dict[str, Any], out_dir: st
     after = evaluate(model, evald, settings, dev)
     members = [ModelSpec.parse(c["teacher"]).slug if c.get("teacher") else str(r)
                for c, r in zip(configs, runs, strict=True)]
+    base = configs[0]["strategy"]
     config = {"mode": "soup", "group": group, "members": members, "member_runs": [str(r) for r in runs],
-              "base_strategy": configs[0]["strategy"], "batchnorm": batchnorm, "student": student.to_dict(),
+              "strategy": base, "base_strategy": base, "batchnorm": batchnorm, "student": student.to_dict(),
               "dataset": dataset, "settings": configs[0]["settings"]}
     epochs = configs[0]["settings"]["epochs"]
     rows = [epoch_row(0, 0, [], [], 0.0, before, evald), epoch_row(epochs, 0, [], [], 0.0, after, evald)]

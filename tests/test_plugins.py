@@ -267,3 +267,34 @@ def test_bad_split_and_missing_dataset_name(registry: Registry) -> None:
         load_split({"name": "fashion_mnist"}, "test", registry=registry)
     with pytest.raises(KtError, match="dataset.name is missing"):
         load_split({"subset": {"eval": 10}}, "eval", registry=registry)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    import gzip
+
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes())
+
+
+def test_fashion_mnist_reads_idx_files_through_a_decoded_cache(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    labels = (np.arange(20) % 10).astype(np.uint8)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    dataset = {"name": "fashion_mnist", "root": str(tmp_path), "download": False}
+
+    first = load_split(dataset, "eval")
+    copies = sorted((tmp_path / "decoded").glob("*.npy"))
+    assert [c.name.split("-")[0] for c in copies] == ["t10k"] * 2
+    np.testing.assert_array_equal(first.images[:, 0].numpy(), images)
+    np.testing.assert_array_equal(first.labels, labels)
+
+    # the second read comes from the copies (made distinguishable here) ...
+    np.save(copies[0], np.zeros_like(images))
+    assert load_split(dataset, "eval").images.sum() == 0
+    # ... a broken copy is rewritten from the source, and a changed source gets a new copy
+    copies[0].write_bytes(b"not numpy")
+    np.testing.assert_array_equal(load_split(dataset, "eval").images[:, 0].numpy(), images)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images[::-1].copy())
+    np.testing.assert_array_equal(load_split(dataset, "eval").images[:, 0].numpy(), images[::-1])

@@ -65,6 +65,31 @@ def test_too_few_models_is_explained() -> None:
         check(config)
 
 
+@pytest.mark.parametrize(("multi", "message"), [
+    ({"groups": [{"student": "resnet_a", "teachers": ["vit", "convnxt"]}]}, r"unknown model.*convnxt.*convnext"),
+    ({"groups": [{"student": "resnet_a", "teachers": ["vit", "resnet_a"]}]}, "holds the student"),
+    ({"groups": [{"student": "resnet_a", "top": 2, "teachers": ["vit", "convnext"]}]}, "not both or neither"),
+    ({"groups": [{"student": "resnet_a", "top": 9}]}, "only 5 models besides the student"),
+    ({"groups": [{"student": "resnet_a", "top": 2}, {"student": "vit", "top": 2}]}, "'top2' is used twice"),
+    ({"groups": [{"student": "resnet_a", "top": 2, "name": "vit"}]}, "is a model's name"),
+    ({"strategy": "kl", "groups": [{"student": "resnet_a", "top": 2}]}, "mode 'parallel' cannot use it"),
+    ({"strategy": "kl_dpp", "groups": [{"student": "resnet_a", "top": 2}]}, "multi_teacher.strategy.*kl_dp"),
+])
+def test_multi_teacher_group_mistakes_are_named(multi: dict, message: str) -> None:
+    config = copy.deepcopy(DEFAULT)
+    config["multi_teacher"] = multi
+    validate(config, SCHEMA)
+    with pytest.raises(KtError, match=message):
+        check(config)
+
+
+def test_multi_teacher_schema_names_the_key() -> None:
+    config = copy.deepcopy(DEFAULT)
+    config["multi_teacher"]["groups"][0]["teacher"] = ["vit"]
+    with pytest.raises(KtError, match=r"multi_teacher\.groups\.0.*unknown key\(s\) \['teacher'\].*teachers"):
+        validate(config, SCHEMA)
+
+
 def _mutations(rng: random.Random, config: dict) -> dict:
     """A random malformed variant of the default config: wrong types, unknown keys and names."""
     config = copy.deepcopy(config)

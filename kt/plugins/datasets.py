@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 import kt
+from kt.artifacts import atomic_path
 from kt.data import FileSplit, Split, TensorSplit
 from kt.errors import KtError
 
@@ -29,6 +30,27 @@ def _read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _load_idx(path: Path, cache: Path) -> np.ndarray:
+    """:func:`_read_idx` through a decompressed ``.npy`` copy in ``cache`` (gunzip costs ~0.3 s for
+    the train images in every job; ``np.load`` ~0.02 s). The copy is keyed by the source's size and
+    mtime; an unwritable cache only costs the speed-up."""
+    stat = path.stat()
+    copy = cache / f"{path.name.removesuffix('.gz')}-{stat.st_size}-{stat.st_mtime_ns}.npy"
+    if copy.is_file():
+        try:
+            return np.load(copy)
+        except (OSError, ValueError):  # truncated or foreign: rewrite it
+            pass
+    array = _read_idx(path)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(copy) as tmp, open(tmp, "wb") as f:
+            np.save(f, array)
+    except OSError:
+        pass
+    return array
 
 
 def _find_idx(folders: list[Path], stem: str) -> Path | None:
@@ -63,8 +85,9 @@ class FashionMNIST:
                           f"(files in {DEBIAN_FASHION_MNIST}), or put the four *-idx*-ubyte(.gz) files in a "
                           "folder and set dataset.root to it, or allow network access for torchvision's "
                           "download (dataset.download: true).")
-        images = torch.from_numpy(_read_idx(images_path).copy()).unsqueeze(1)
-        labels = _read_idx(labels_path).astype(np.int64)
+        cache = Path(self.root or Path.home() / ".cache" / "kt") / "decoded"
+        images = torch.from_numpy(np.array(_load_idx(images_path, cache))).unsqueeze(1)
+        labels = _load_idx(labels_path, cache).astype(np.int64)
         return TensorSplit(name, np.arange(len(labels)), labels, list(self.classes), images=images)
 
     def _download(self) -> None:
