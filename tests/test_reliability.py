@@ -252,3 +252,17 @@ def test_a_student_as_its_own_only_teacher_or_an_unknown_selected_model_is_caugh
     config["select"] = {"policy": "grid", "teachers": ["vitt"], "students": ["vit"]}
     with pytest.raises(KtError, match=r"select.teachers: unknown model\(s\) \['vitt'\]. Did you mean: vit"):
         check(config)
+
+
+def test_slurm_profile_requests_a_gpu_for_every_rule_that_declares_one() -> None:
+    import re
+
+    gpu_rules = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"\n(?=(?:rule|checkpoint) )", smk.read_text()):
+            name = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            if name and re.search(r"^\s+gpu=1,", block, re.M):
+                gpu_rules.add(name.group(1))
+    profile = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert gpu_rules >= {"extract", "transfer", "multi_transfer"}
+    assert {r for r, res in profile["set-resources"].items() if res.get("gpu") == 1} == gpu_rules
