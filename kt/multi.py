@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from kt.artifacts import read_logits
+from kt.artifacts import atomic_path, read_logits
 from kt.data import load_split
 from kt.device import pick_device
 from kt.errors import KtError
@@ -96,14 +96,20 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
         previous_after = stage / "eval_after.h5"
     metrics = pl.concat(frames).with_columns(pl.lit("sequential").alias("strategy"), pl.lit(group).alias("teacher"))
     first, last = out / "stages" / f"1_{stages[0].slug}", out / "stages" / f"{len(stages)}_{stages[-1].slug}"
-    config = json.loads((last / "config.json").read_text()) | describe | {"student": student.to_dict(),
-                                                                            "teachers": [t.to_dict() for t in stages]}
-    shutil.copyfile(first / "eval_before.h5", out / "eval_before.h5")
+    config = json.loads((last / "config.json").read_text()) | describe | {
+        "teacher": None, "teachers": [t.to_dict() for t in stages], "student": student.to_dict()}
+    config.pop("stage")
+    copy_atomic(first / "eval_before.h5", out / "eval_before.h5")
     evald = load_split(dataset, "eval", registry)
     final = create_model(current, evald.classes, registry)
     after = read_logits(last / "eval_after.h5").logits
     write_run(out, final, student, after, evald, dataset, config, metrics)
     return metrics
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def finished(stage: Path, teacher: ModelSpec, student: ModelSpec, settings: TransferSettings) -> bool:
@@ -190,7 +196,7 @@ def soup(member_runs: Sequence[str | Path], dataset: dict[str, Any], out_dir: st
         recalibrate_batchnorm(model, train, settings.batch_size, torch.Generator().manual_seed(settings.seed))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(runs[0] / "eval_before.h5", out / "eval_before.h5")
+    copy_atomic(runs[0] / "eval_before.h5", out / "eval_before.h5")
     before = read_logits(out / "eval_before.h5").logits
     after = evaluate(model, evald, settings, dev)
     members = [ModelSpec.parse(c["teacher"]).slug if c.get("teacher") else str(r)

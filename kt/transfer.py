@@ -212,7 +212,6 @@ def transfer(teacher: ModelSpec | Sequence[ModelSpec] | None, student: ModelSpec
 def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
               out: Path, settings: TransferSettings, cache: str | Path | None, registry: Registry,
               before: str | Path | None, describe: dict[str, Any]) -> pl.DataFrame:
-    out.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(strategy_name, settings.options, registry)
     names = "+".join(t.slug for t in teachers) or "-"
     pair = f"{names} -> {student.slug} [{strategy_name}]"
@@ -223,6 +222,7 @@ def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str,
                       "parallel multi-teacher transfer needs a strategy that reads several (kl_dp, kl_dp_unsup).")
     if len(teachers) > 1 and cache:
         raise KtError("the frozen-output cache holds one teacher; run multi-teacher transfer without --cache.")
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     dev = pick_device(settings.device)
     if dev.type == "cpu":

@@ -189,7 +189,8 @@ def test_sequential_resets_the_frozen_student_at_each_stage(tmp_path: Path, trio
     assert set(metrics["strategy"]) == {"sequential"} and set(metrics["teacher"]) == {"pair"}
     assert pl.read_parquet(out / "metrics.parquet").equals(metrics)
     config = json.loads((out / "config.json").read_text())
-    assert config["mode"] == "sequential" and config["members"] == ["t2", "t1"]
+    assert config["mode"] == "sequential" and config["members"] == ["t2", "t1"] and config["teacher"] is None
+    assert [t["name"] for t in config["teachers"]] == ["t2", "t1"] and "stage" not in config
     assert config["base_strategy"] == "probe_dp" and config["student"]["name"] == "student"
 
     # finished stages are not run again
@@ -220,6 +221,7 @@ def test_parallel_run_folder_names_the_group(tmp_path: Path, trio) -> None:
     with pytest.raises(KtError, match="holds one teacher"):
         transfer([trio["t1"], trio["t2"]], trio["student"], "kl_dp", DATASET, tmp_path / "c", SETTINGS,
                  cache=tmp_path / "cache.h5")
+    assert not (tmp_path / "kl").exists() and not (tmp_path / "c").exists()  # refused before writing
 
 
 # ---------------------------------------------------------------------------------------------- soup
