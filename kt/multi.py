@@ -54,6 +54,9 @@ def curriculum(teachers: Sequence[ModelSpec], accuracies: Sequence[float], order
 
 def teacher_accuracies(logits_files: Sequence[str | Path], teachers: Sequence[ModelSpec]) -> list[float]:
     """Each teacher's eval accuracy from its extraction file (checked to be that teacher's)."""
+    if len(logits_files) != len(teachers):
+        raise KtError(f"{len(teachers)} teachers but {len(logits_files)} logits files (--teacher-logits); "
+                      "give one eval logits file per teacher, in the same order.")
     out = []
     for path, spec in zip(logits_files, teachers, strict=True):
         known = read_logits(path)

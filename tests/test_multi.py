@@ -105,6 +105,8 @@ def test_curriculum_orders_teachers_by_accuracy() -> None:
         curriculum(teachers, accuracies, "random")
     with pytest.raises(KtError, match="4 teachers but 3 accuracies"):
         curriculum(teachers, accuracies[:3])
+    with pytest.raises(KtError, match="one eval logits file per teacher"):
+        kt.multi.teacher_accuracies(["a.h5"], teachers)
 
 
 # ---------------------------------------------------------------------------------------------- tiny models

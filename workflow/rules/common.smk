@@ -58,7 +58,7 @@ wildcard_constraints:
     teacher=one_of([*MODELS, *GROUPS]),
     student=one_of(MODELS),
     strategy=one_of(dict.fromkeys([*STRATEGIES, MULTI["strategy"], *MODES])),
-    zoo_model="|".join(ZOO) or "__none__",
+    zoo_model=one_of(ZOO),
     split="train|eval",
 
 
