@@ -10,6 +10,7 @@ the CPU with small subsets, to try the script before spending GPU time::
     python benchmarks/gpu_check.py --oom
 """
 
+import argparse
 import json
 import logging
 import os
@@ -29,9 +30,14 @@ from kt.models import ModelSpec, create_model
 from kt.multi import parallel, sequential, soup
 from kt.transfer import TransferSettings, build_cache, transfer
 
-DRY = "--dry" in sys.argv
-ROOT = sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv else None
-ZOO = Path(sys.argv[sys.argv.index("--zoo") + 1] if "--zoo" in sys.argv else "results/zoo")
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--root", default=None, help="folder of the Fashion-MNIST IDX files")
+ap.add_argument("--root-is-subset", action="store_true", help="--root's train file is already the 10 %% subset")
+ap.add_argument("--zoo", type=Path, default=Path("results/zoo"), help="folder of the zoo checkpoints")
+ap.add_argument("--oom", action="store_true", help="also check batch back-off on a real out-of-memory")
+ap.add_argument("--dry", action="store_true", help="CPU, small subsets: try the script first")
+ARGS = ap.parse_args()
+DRY, ROOT, ZOO = ARGS.dry, ARGS.root, ARGS.zoo
 OUT = Path(os.environ.get("OUT", "/tmp/gpu-out"))
 OUT.mkdir(parents=True, exist_ok=True)
 WORK = Path("/tmp/gpu-work")
@@ -116,17 +122,17 @@ def oom_backoff():
             "max_abs_logit_diff": float(np.abs(a.logits - b.logits).max()), "batch_size_attr": big.get("batch_size")}
 
 
-if "--oom" in sys.argv:
+if ARGS.oom:
     step("oom_backoff")(oom_backoff)
 
 SETTINGS = TransferSettings(epochs=2, batch_size=128, cache_views=2, device=GPU)
 ONLINE = replace(SETTINGS, cache_views=0)
 # the default's transfer set: a 10 % stratified subset of train (6,000 images); where --root holds
 # only that subset (as on the device check's machine), pass --root-is-subset
-TRANSFER_DS = DS if DRY or "--root-is-subset" in sys.argv else DS | {"subset": {"train": 0.1}}
+TRANSFER_DS = DS if DRY or ARGS.root_is_subset else DS | {"subset": {"train": 0.1}}
 
 
-def run(name, fn):
+def run(fn):
     t0 = time.perf_counter()
     metrics = fn()
     acc = metrics["eval_accuracy"].to_list()
@@ -142,20 +148,20 @@ def _():
     t0 = time.perf_counter()
     build_cache(a, b, TRANSFER_DS, SETTINGS, cache)
     out["cache_seconds"] = round(time.perf_counter() - t0, 1)
-    out["kl_dp_cached"] = run("", lambda: transfer(a, b, "kl_dp", TRANSFER_DS, WORK / "kl_dp-a-b-cached", SETTINGS,
+    out["kl_dp_cached"] = run(lambda: transfer(a, b, "kl_dp", TRANSFER_DS, WORK / "kl_dp-a-b-cached", SETTINGS,
                                                    cache=cache))
-    out["kl_dp_online"] = run("", lambda: transfer(a, b, "kl_dp", TRANSFER_DS, WORK / "kl_dp-a-b", ONLINE))
-    out["kl_cached"] = run("", lambda: transfer(a, b, "kl", TRANSFER_DS, WORK / "kl-a-b", SETTINGS, cache=cache))
-    out["kl_dp_vit_online"] = run("", lambda: transfer(v, b, "kl_dp", TRANSFER_DS, WORK / "kl_dp-v-b", ONLINE))
-    out["parallel"] = run("", lambda: parallel([a, v], b, "kl_dp", TRANSFER_DS, WORK / "parallel", "av", ONLINE))
-    out["sequential"] = run("", lambda: sequential([a, v], b, "kl_dp", TRANSFER_DS, WORK / "sequential", "av",
+    out["kl_dp_online"] = run(lambda: transfer(a, b, "kl_dp", TRANSFER_DS, WORK / "kl_dp-a-b", ONLINE))
+    out["kl_cached"] = run(lambda: transfer(a, b, "kl", TRANSFER_DS, WORK / "kl-a-b", SETTINGS, cache=cache))
+    out["kl_dp_vit_online"] = run(lambda: transfer(v, b, "kl_dp", TRANSFER_DS, WORK / "kl_dp-v-b", ONLINE))
+    out["parallel"] = run(lambda: parallel([a, v], b, "kl_dp", TRANSFER_DS, WORK / "parallel", "av", ONLINE))
+    out["sequential"] = run(lambda: sequential([a, v], b, "kl_dp", TRANSFER_DS, WORK / "sequential", "av",
                                                    ONLINE, accuracies=[88.6, 83.0]))
-    out["soup"] = run("", lambda: soup([WORK / "kl_dp-a-b", WORK / "kl_dp-v-b"], TRANSFER_DS, WORK / "soup", "av",
+    out["soup"] = run(lambda: soup([WORK / "kl_dp-a-b", WORK / "kl_dp-v-b"], TRANSFER_DS, WORK / "soup", "av",
                                        ONLINE))
     cpu = replace(ONLINE, device="cpu")
     torch.set_num_threads(min(16, os.cpu_count() or 1))
-    out["kl_dp_online_cpu_fp32"] = run("", lambda: transfer(a, b, "kl_dp", TRANSFER_DS, WORK / "kl_dp-a-b-cpu", cpu))
+    out["kl_dp_online_cpu_fp32"] = run(lambda: transfer(a, b, "kl_dp", TRANSFER_DS, WORK / "kl_dp-a-b-cpu", cpu))
     return out
 
 
-print(json.dumps({k: v for k, v in RESULTS.items()}, indent=2, default=str)[:6000])
+print(json.dumps(RESULTS, indent=2, default=str)[:6000])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +42,12 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def copy_atomic(source: str | Path, target: str | Path) -> None:
+    """Copy an artifact so that ``target`` never exists half-written."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def row_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:

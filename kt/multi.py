@@ -26,14 +26,14 @@ from typing import Any
 import polars as pl
 import torch
 
-from kt.artifacts import atomic_path, read_logits
+from kt.artifacts import copy_atomic, read_logits
 from kt.data import load_split
 from kt.device import pick_device
 from kt.errors import KtError
 from kt.extract import prepare
 from kt.models import ModelSpec, create_model
 from kt.registry import Registry, get_registry
-from kt.transfer import TransferSettings, epoch_row, evaluate, transfer, write_run
+from kt.transfer import TransferSettings, epoch_row, evaluate, transfer, write_record, write_run
 from kt.zoo import recalibrate_batchnorm
 
 MODES = ("sequential", "parallel", "soup")
@@ -103,16 +103,10 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
         "teacher": None, "teachers": [t.to_dict() for t in stages], "student": student.to_dict()}
     config.pop("stage")
     copy_atomic(first / "eval_before.h5", out / "eval_before.h5")
-    evald = load_split(dataset, "eval", registry)
-    final = create_model(current, evald.classes, registry)
-    after = read_logits(last / "eval_after.h5").logits
-    write_run(out, final, student, after, evald, dataset, config, metrics)
+    for name in ("eval_after.h5", "student.pth"):  # the last stage's result is the group's
+        copy_atomic(last / name, out / name)
+    write_record(out, config, metrics)
     return metrics
-
-
-def copy_atomic(source: Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
 
 
 def finished(stage: Path, teacher: ModelSpec, student: ModelSpec, settings: TransferSettings) -> bool:

@@ -330,6 +330,11 @@ def write_run(out: Path, final: Classifier, student: ModelSpec, after: np.ndarra
                  | {"transfer": json.dumps(config)})
     with atomic_path(out / "student.pth") as tmp:
         torch.save(final.body.state_dict(), tmp)
+    write_record(out, config, metrics)
+
+
+def write_record(out: Path, config: dict[str, Any], metrics: pl.DataFrame) -> None:
+    """``metrics.parquet``, then ``config.json``, whose presence marks the run folder complete."""
     with atomic_path(out / "metrics.parquet") as tmp:
         metrics.write_parquet(tmp)
     with atomic_path(out / "config.json") as tmp:
