@@ -11,10 +11,12 @@ export HF_HUB_OFFLINE ?= 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# pyproject.toml states lower bounds (a cluster has its own CUDA build of torch); constraints.txt
+# pins the exact versions tested here.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,slurm]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,slurm]'
 	touch $@
 
 data:
@@ -25,6 +27,8 @@ test-deps:
 
 run: setup data
 	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report results/report.html
+	@echo "kt: done. Open the report: $(abspath results/report.html)"
 
 test: setup test-deps
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest

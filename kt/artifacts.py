@@ -204,3 +204,39 @@ def describe(path: str | Path) -> dict[str, Any]:
     if {"logits", "labels"} <= set(info["datasets"]):
         info["top1_recomputed"] = round(read_logits(path).accuracy, 4)
     return info
+
+
+def summarize_artifact(info: dict[str, Any]) -> str:
+    """A few aligned lines from :func:`describe`'s dict: the file, what it is (model, accuracy, data,
+    classes, weights, creation time) where the attrs say so, and each dataset's shape and dtype."""
+    attrs = info.get("attrs", {})
+    rows: list[tuple[str, str]] = [("file", str(info.get("file", "?")))]
+    if "kind" in attrs:
+        rows.append(("kind", str(attrs["kind"])))
+    if "model_id" in attrs or "model" in attrs:
+        model_id, slug = attrs.get("model_id"), attrs.get("model")
+        rows.append(("model", f"{model_id} ({slug})" if model_id and slug and slug != model_id
+                     else str(model_id or slug)))
+    top1 = info.get("top1_recomputed")
+    if "accuracy" in attrs:
+        rows.append(("accuracy", f"{float(attrs['accuracy']):.2f} %"
+                     + (f" (recomputed {float(top1):.2f} %)" if top1 is not None else "")))
+    elif top1 is not None:
+        rows.append(("accuracy", f"{float(top1):.2f} % (recomputed)"))
+    if "dataset" in attrs or "dataset_fingerprint" in attrs:
+        dataset = attrs.get("dataset")
+        parts = [str(dataset.get("name", dataset)) if isinstance(dataset, dict) else str(dataset)] if dataset else []
+        if "split" in attrs:
+            parts.append(f"{attrs['split']} split")
+        if "dataset_fingerprint" in attrs:
+            parts.append(f"fingerprint {attrs['dataset_fingerprint']}")
+        rows.append(("dataset", ", ".join(parts)))
+    for key, label in (("num_classes", "classes"), ("weights_origin", "weights"), ("created", "created")):
+        if key in attrs:
+            rows.append((label, str(attrs[key])))
+    datasets = info.get("datasets", {})
+    width = max((len(name) for name in datasets), default=0)
+    lines = [f"{name:<{width}}  {tuple(d['shape'])} {d['dtype']}" for name, d in datasets.items()]
+    rows += [("datasets" if i == 0 else "", line) for i, line in enumerate(lines or ["(none)"])]
+    pad = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{pad}}  {value}".rstrip() for label, value in rows)

@@ -31,25 +31,52 @@ def _json_arg(text: str) -> Any:
         return text
 
 
+DEFAULT_PLUGIN_DIR = "plugins"
+
+
 def _registry(args: argparse.Namespace):
+    """The registry of ``--plugin-dir`` folders; without any, ``./plugins`` when it exists (the
+    repository's own plugin folder, when kt runs from the repository root)."""
+    from pathlib import Path
+
     from kt.registry import get_registry
 
-    return get_registry(args.plugin_dir)
+    folders = args.plugin_dir
+    if folders is None:
+        folders = [DEFAULT_PLUGIN_DIR] if Path(DEFAULT_PLUGIN_DIR).is_dir() else []
+    return get_registry(folders)
 
 
 @command
-def cmd_plugins(args: argparse.Namespace) -> None:
-    """List every loaded plugin, where it came from and what it registered (JSON)."""
-    print(json.dumps(_registry(args).describe(), indent=2))
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List every plugin, where it came from, what it registered with its options, and which
+    plugins failed to load (JSON; exit status 1 when one failed)."""
+    records = _registry(args).describe()
+    print(json.dumps(records, indent=2))
+    return int(any(r["status"] == "failed" for r in records))
+
+
+@command
+def cmd_models(args: argparse.Namespace) -> None:
+    """List a model source's model names matching a glob, one per line (the part after SOURCE:)."""
+    source = _registry(args).get("model_sources", args.source)
+    names = source.list_models(args.pattern, pretrained=args.pretrained)
+    if not names:
+        raise KtError(f"no {args.source} model{' with pretrained weights' if args.pretrained else ''} "
+                      f"matches {args.pattern!r} (a case-sensitive glob, e.g. 'resnet*').")
+    print("\n".join(names))
 
 
 @command
 def cmd_inspect(args: argparse.Namespace) -> None:
-    """Print what an HDF5 artifact holds: datasets, attrs and recomputed top-1."""
-    from kt.artifacts import describe
+    """Print what an HDF5 artifact holds: datasets, attrs and recomputed top-1 (summary, or --json)."""
+    from kt.artifacts import describe, summarize_artifact
 
-    for path in args.files:
-        print(json.dumps(describe(path), indent=2, default=str))
+    for i, path in enumerate(args.files):
+        if args.json:
+            print(json.dumps(describe(path), indent=2, default=str))
+        else:
+            print(("\n" if i else "") + summarize_artifact(describe(path)))
 
 
 @command
@@ -69,7 +96,8 @@ def cmd_train_zoo(args: argparse.Namespace) -> None:
     from kt.zoo import train_zoo_model
 
     train_zoo_model(ModelSpec.parse(args.model), args.dataset, args.out, epochs=args.epochs, lr=args.lr,
-                    batch_size=args.batch_size, augmentation=args.augment, seed=args.seed)
+                    batch_size=args.batch_size, augmentation=args.augment, seed=args.seed,
+                    registry=_registry(args))
 
 
 def _settings(args: argparse.Namespace):
@@ -175,7 +203,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     from kt.metrics import summarize, write_summary
 
     table = summarize(args.metrics, read_table(args.pairs) if args.pairs else None, args.similar_within)
-    write_summary(table, args.out, args.csv)
+    write_summary(table, args.out, args.csv, args.overview)
     if args.figures:
         plot_summary(table, args.figures)
         if args.epochs:
@@ -189,7 +217,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kt", description=__doc__.splitlines()[0])
-    p.add_argument("--plugin-dir", action="append", default=[], help="extra folder of plugin modules")
+    p.add_argument("--plugin-dir", action="append", default=None,
+                   help=f"folder of plugin modules (repeatable; default: ./{DEFAULT_PLUGIN_DIR} if it exists)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -198,8 +227,13 @@ def parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=(COMMANDS[name].__doc__ or "").splitlines()[0])
 
     add("plugins")
+    s = add("models")
+    s.add_argument("source", help="model source: timm, torchvision, open_clip or a plugin's")
+    s.add_argument("pattern", nargs="?", default="*", help="case-sensitive glob, e.g. 'resnet*' (default: all)")
+    s.add_argument("--pretrained", action="store_true", help="names with pretrained weights (tags)")
     s = add("inspect")
     s.add_argument("files", nargs="+")
+    s.add_argument("--json", action="store_true", help="the full description as JSON")
     for name in ("extract", "train-zoo"):
         s = add(name)
         s.add_argument("--model", type=_json_arg, required=True, help="model id or JSON spec")
@@ -270,6 +304,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--similar-within", type=float, default=1.0, help="points: teacher-strength bin margin")
     s.add_argument("--out", required=True)
     s.add_argument("--csv", required=True)
+    s.add_argument("--overview", help="CSV: the per-strategy table of the report's landing page")
     s.add_argument("--figures", help="folder for the summary figures (PNG)")
     return p
 
@@ -286,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) or 0
     except KtError as e:
         print(f"kt: error: {e}", file=sys.stderr)
         return 2

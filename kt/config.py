@@ -14,9 +14,11 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from kt.data import Dataset, DatasetInfo, check_augment, open_dataset
 from kt.errors import KtError, closest
 from kt.models import ModelSource, ModelSpec
-from kt.registry import get_registry
+from kt.registry import Registry, get_registry
+from kt.transfer import make_strategy
 
 
 def _describe(error: Any) -> str:
@@ -54,21 +56,24 @@ def validate(config: dict[str, Any], schema_file: str | Path) -> None:
         raise KtError(f"the config is invalid:\n  {lines}\nEvery key is documented in config.yaml.")
 
 
-def zoo_specs(config: dict[str, Any], results: str = "results") -> dict[str, ModelSpec]:
-    """Zoo entries as model specs whose weights are the zoo's own checkpoints."""
+def zoo_specs(config: dict[str, Any], dataset: Dataset) -> dict[str, ModelSpec]:
+    """Zoo entries as model specs whose weights are the zoo's own checkpoints under ``results``.
+    Preprocessing and class count come from what the dataset declares, overridable with
+    ``zoo.preprocess`` and ``zoo.num_classes``."""
     zoo = config.get("zoo") or {}
+    preprocess = {**DatasetInfo.of(dataset).preprocess(), **(zoo.get("preprocess") or {})}
+    num_classes = zoo.get("num_classes") or len(dataset.classes)
     specs = {}
     for entry in zoo.get("models", []):
         specs[entry["name"]] = ModelSpec(
-            id=entry["id"], name=entry["name"], args=entry.get("args", {}),
-            num_classes=zoo.get("num_classes"), preprocess=zoo.get("preprocess", {}),
-            weights=f"{results}/zoo/{entry['name']}.pth")
+            id=entry["id"], name=entry["name"], args=entry.get("args", {}), num_classes=num_classes,
+            preprocess=preprocess, weights=f"{config.get('results', 'results')}/zoo/{entry['name']}.pth")
     return specs
 
 
-def model_specs(config: dict[str, Any], results: str = "results") -> dict[str, ModelSpec]:
+def model_specs(config: dict[str, Any], dataset: Dataset) -> dict[str, ModelSpec]:
     """Every model of the grid by slug: zoo models first, then the ``models`` list."""
-    specs = zoo_specs(config, results)
+    specs = zoo_specs(config, dataset)
     for i, entry in enumerate(config.get("models") or []):
         try:
             spec = ModelSpec.parse(entry)
@@ -82,11 +87,50 @@ def model_specs(config: dict[str, Any], results: str = "results") -> dict[str, M
     return specs
 
 
-def check(config: dict[str, Any]) -> dict[str, ModelSpec]:
-    """Resolve every name in the config against the registry; return the model specs."""
-    registry = get_registry(config.get("plugin_dirs") or [])
-    registry.get("datasets", config["dataset"]["name"])
-    specs = model_specs(config)
+def check_dataset(config: dict[str, Any], registry: Registry) -> Dataset:
+    """The configured dataset, built once: unknown or missing options and a missing folder fail here."""
+    try:
+        return open_dataset(config["dataset"], registry)
+    except KtError as e:
+        message = str(e)
+        raise KtError(message if message.startswith("config key") else f"config key dataset: {message}") from None
+
+
+def check_strategy_options(config: dict[str, Any], registry: Registry) -> None:
+    """``transfer.options.NAME.KEY``: NAME a registered strategy, KEY one of its declared options."""
+    for name, opts in ((config.get("transfer") or {}).get("options") or {}).items():
+        key = f"transfer.options.{name}"
+        try:
+            accepted = registry.options("strategies", name)
+        except KtError as e:
+            raise KtError(f"config key {key}: {e}") from None
+        for option in opts if accepted is not None else ():
+            if option not in accepted:
+                raise KtError(f"config key {key}.{option}: strategy {name!r} has no option {option!r}."
+                              f"{closest(option, accepted)} Its options: {', '.join(accepted) or 'none'} "
+                              "(see `kt plugins`).")
+
+
+def check_augmentations(config: dict[str, Any], dataset: Dataset) -> None:
+    for i, entry in enumerate((config.get("zoo") or {}).get("models", [])):
+        check_augment(entry.get("augment", "none"), dataset, f"zoo.models[{i}].augment")
+    check_augment((config.get("transfer") or {}).get("augment", "none"), dataset, "transfer.augment")
+
+
+def plugin_folders(config: dict[str, Any], workflow_dir: str | Path | None = None) -> list[str]:
+    """Absolute plugin folders: the workflow's own ``plugins/`` (when it has one), then the
+    config's ``plugin_dirs`` (relative to the working directory)."""
+    folders = [Path(workflow_dir) / "plugins"] if workflow_dir and (Path(workflow_dir) / "plugins").is_dir() else []
+    folders += [Path(d) for d in config.get("plugin_dirs") or []]
+    return list(dict.fromkeys(str(f.resolve()) for f in folders))
+
+
+def check(config: dict[str, Any], registry: Registry | None = None) -> dict[str, ModelSpec]:
+    """Resolve every name and option in the config against the registry (default: the config's
+    plugin folders); return the model specs."""
+    registry = registry or get_registry(plugin_folders(config))
+    dataset = check_dataset(config, registry)
+    specs = model_specs(config, dataset)
     if len(specs) < 2:
         raise KtError("the config names fewer than two models (zoo.models + models); "
                       "complementarity needs at least a teacher and a student.")
@@ -111,7 +155,10 @@ def check(config: dict[str, Any]) -> dict[str, ModelSpec]:
             registry.get("strategies", name)
         except KtError as e:
             raise KtError(f"config key transfer.strategies[{i}]: {e}") from None
-    check_groups(config.get("multi_teacher") or {}, specs, registry)
+    check_strategy_options(config, registry)
+    check_augmentations(config, dataset)
+    options = (config.get("transfer") or {}).get("options") or {}
+    check_groups(config.get("multi_teacher") or {}, specs, registry, options)
     return specs
 
 
@@ -122,15 +169,16 @@ def group_name(group: dict[str, Any]) -> str:
     return f"top{group['top']}" if group.get("top") else "+".join(group["teachers"])
 
 
-def check_groups(multi: dict[str, Any], specs: dict[str, ModelSpec], registry: Any) -> None:
+def check_groups(multi: dict[str, Any], specs: dict[str, ModelSpec], registry: Registry,
+                 options: dict[str, dict[str, Any]]) -> None:
     """Multi-teacher groups: known distinct models, one way to name teachers, unique names, and a
-    strategy that can run the modes asked for."""
+    strategy (built with its ``transfer.options``) that can run the modes asked for."""
     groups = multi.get("groups") or []
     if not groups:
         return
     base = multi.get("strategy", "kl_dp")
     try:
-        strategy = registry.get("strategies", base)()
+        strategy = make_strategy(base, options.get(base, {}), registry)
     except KtError as e:
         raise KtError(f"config key multi_teacher.strategy: {e}") from None
     if "parallel" in multi.get("modes", []) and not strategy.multi_teacher:

@@ -180,8 +180,23 @@ def group_table(runs: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
-def write_summary(table: pl.DataFrame, out_parquet: str | Path, out_csv: str | Path) -> None:
+OVERVIEW_COLUMNS = {"strategy": "strategy", "n_runs": "runs", "success_rate": "success rate %",
+                    "mean_delta": "mean Δ", "median_delta": "median Δ", "mean_gain": "mean gain",
+                    "mean_loss": "mean loss"}
+
+
+def overview(table: pl.DataFrame) -> pl.DataFrame:
+    """The per-strategy rows with readable headers: the report's landing table."""
+    rows = table.filter(pl.col("scope") == "strategy").select(list(OVERVIEW_COLUMNS))
+    return rows.with_columns(pl.selectors.float().round(2)).rename(OVERVIEW_COLUMNS)
+
+
+def write_summary(table: pl.DataFrame, out_parquet: str | Path, out_csv: str | Path,
+                  out_overview: str | Path | None = None) -> None:
     with atomic_path(out_parquet) as tmp:
         table.write_parquet(tmp)
     with atomic_path(out_csv) as tmp:
         table.write_csv(tmp, float_precision=4)
+    if out_overview:
+        with atomic_path(out_overview) as tmp:
+            overview(table).write_csv(tmp)

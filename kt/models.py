@@ -8,6 +8,7 @@ arguments, a class count and preprocessing overrides; ``create_model`` turns it 
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -97,6 +98,10 @@ class Classifier(nn.Module):
         self._capture = True
         try:
             logits = self.body(x)
+            if self._captured is None:
+                raise KtError(f"model {self.spec.slug!r}: its head was not called by its body's forward, so "
+                              "no features were captured; the model source must pass the final layer that "
+                              "body uses as Classifier's head.")
             features = self._captured.flatten(1)
         finally:
             self._capture, self._captured = False, None
@@ -114,17 +119,47 @@ class ModelSource(ABC):
     def create(self, spec: ModelSpec, classes: list[str] | None) -> Classifier:
         """Build the model, loading ``spec.weights`` when given; ``classes`` is the dataset's label space."""
 
+    def known_tags(self, base: str) -> list[str] | None:
+        """Weight tags this source knows for architecture ``base``, from the library's own offline
+        listing; ``None`` when the source has no tags (every tag is then accepted)."""
+        return None
+
     def check(self, spec: ModelSpec) -> None:
-        """Fail fast on an unknown name, with the closest known ones."""
+        """Fail fast on an unknown name or weight tag, with the closest known ones (offline)."""
         base = self.base_name(spec.arch)
         known = self.known_models()
         if base not in known:
             raise KtError(f"model {spec.id!r}: {spec.source} has no model {base!r}."
                           f"{closest(base, known)}")
+        tag = spec.arch[len(base) + 1:]
+        tags = self.known_tags(base) if tag else None
+        if tags is not None and tag not in tags:
+            listed = ", ".join(tags[:12]) + (", ..." if len(tags) > 12 else "") if tags else "none"
+            raise KtError(f"model {spec.id!r}: {spec.source} has no weights {tag!r} for {base}."
+                          f"{closest(tag, tags)} Known tags: {listed} "
+                          f"(`kt models {spec.source} '{base}*' --pretrained` lists them).")
 
     def base_name(self, arch: str) -> str:
         """The architecture part of the name, without a pretrained tag."""
         return arch
+
+    tag_separator = "/"  # between architecture and weight tag in an id (timm: ".")
+
+    def list_models(self, pattern: str = "*", pretrained: bool = False) -> list[str]:
+        """Sorted names (as written after ``SOURCE:``) matching the case-sensitive glob ``pattern``.
+
+        ``pretrained`` lists every ``ARCH<tag_separator>TAG`` from :meth:`known_tags` whose
+        architecture or full name matches; a source without tags gives the plain names either way.
+        """
+        names = [name for name in self.known_models() if fnmatch.fnmatchcase(name, pattern)]
+        if not pretrained:
+            return sorted(names)
+        tagged = {arch: [f"{arch}{self.tag_separator}{tag}" for tag in self.known_tags(arch) or []]
+                  for arch in self.known_models()}
+        if all(not tags for tags in tagged.values()):
+            return sorted(names)
+        return sorted(full for arch, tags in tagged.items() for full in tags
+                      if fnmatch.fnmatchcase(arch, pattern) or fnmatch.fnmatchcase(full, pattern))
 
 
 def weights_origin(spec: ModelSpec, hub: str) -> str:

@@ -33,7 +33,7 @@ from kt.errors import KtError
 from kt.extract import prepare
 from kt.models import ModelSpec, create_model
 from kt.registry import Registry, get_registry
-from kt.transfer import TransferSettings, epoch_row, evaluate, transfer, write_record, write_run
+from kt.transfer import TransferSettings, epoch_row, epoch_table, evaluate, transfer, write_record, write_run
 from kt.zoo import recalibrate_batchnorm
 
 MODES = ("sequential", "parallel", "soup")
@@ -204,7 +204,7 @@ def soup(member_runs: Sequence[str | Path], dataset: dict[str, Any], out_dir: st
               "dataset": dataset, "settings": configs[0]["settings"]}
     epochs = configs[0]["settings"]["epochs"]
     rows = [epoch_row(0, 0, [], [], 0.0, before, evald), epoch_row(epochs, 0, [], [], 0.0, after, evald)]
-    metrics = pl.DataFrame(rows).with_columns(pl.lit("soup").alias("strategy"), pl.lit(group).alias("teacher"),
+    metrics = epoch_table(rows).with_columns(pl.lit("soup").alias("strategy"), pl.lit(group).alias("teacher"),
                                               pl.lit(student.slug).alias("student"))
     write_run(out, model, student, after, evald, dataset, config, metrics)
     return metrics

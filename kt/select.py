@@ -80,8 +80,15 @@ def bin_expr(similar_within: float = 1.0) -> pl.Expr:
 
 
 def _ranked(df: pl.DataFrame, by: str) -> pl.DataFrame:
-    """Rows by ``by`` descending; ties by teacher, then student."""
+    """Rows by ``by`` descending; ties by teacher, then student (the one tie rule of every ranking)."""
     return df.sort([by, "teacher", "student"], descending=[True, False, False])
+
+
+def top_teachers(table: pl.DataFrame, student: str, k: int, by: str = "pos_flips") -> list[str]:
+    """The ``k`` teachers with the highest ``by`` for ``student`` (ties by teacher name): the
+    ``top`` selection policy's rule, also used for multi-teacher groups given as ``top: k``."""
+    rows = table.filter((pl.col("student") == student) & (pl.col("teacher") != student))
+    return _ranked(rows, by)["teacher"].head(k).to_list()
 
 
 def select_pairs(table: pl.DataFrame, policy: dict[str, Any] | None) -> pl.DataFrame:

@@ -146,7 +146,7 @@ class XEKLMCL(Strategy):
     tau: float = 0.9999
     every: int = 2
     lr: float | None = 1e-2
-    slow: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    slow: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False)  # state, not an option
 
     def __post_init__(self) -> None:
         self.needs_labels = True

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from kt.artifacts import atomic_path, open_h5, read_logits, set_attrs
 from kt.augment import AugmentPlan
-from kt.data import Split, load_split
+from kt.data import Split, check_augment, load_split, open_dataset
 from kt.device import autocast, pick_device
 from kt.errors import KtError
 from kt.extract import logits_attrs, predict, prepare, write_logits
@@ -222,6 +222,7 @@ def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str,
                       "parallel multi-teacher transfer needs a strategy that reads several (kl_dp, kl_dp_unsup).")
     if len(teachers) > 1 and cache:
         raise KtError("the frozen-output cache holds one teacher; run multi-teacher transfer without --cache.")
+    check_augment(settings.augment, open_dataset(dataset, registry), "transfer.augment")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     dev = pick_device(settings.device)
@@ -294,8 +295,9 @@ def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str,
         if settings.eval_every and ((epoch + 1) % settings.eval_every == 0) and epoch + 1 < settings.epochs:
             logits = evaluate(strategy.eval_model(model), evald, settings, dev)
         history.append(epoch_row(epoch + 1, step, losses, shares, time.perf_counter() - t0, logits, evald))
-        log.info("%s epoch %d: loss %.4f, eval %.2f %%", pair, epoch + 1, history[-1]["train_loss"],
-                 history[-1]["eval_accuracy"])
+        evaluated = history[-1]["eval_accuracy"]
+        log.info("%s epoch %d: loss %.4f%s", pair, epoch + 1, history[-1]["train_loss"],
+                 "" if evaluated is None else f", eval {evaluated:.2f} %")
         save_state(state_path, {"digest": settings.digest(), "pair": pair, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "strategy": strategy.state_dict(),
                                 "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1, "step": step})
@@ -303,8 +305,10 @@ def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str,
     final = strategy.eval_model(model)
     after = evaluate(final, evald, settings, dev)
     history[-1]["eval_accuracy"] = accuracy(after, evald)
+    log.info("%s: eval %.2f %% after transfer (%.2f %% before)", pair, history[-1]["eval_accuracy"],
+             history[0]["eval_accuracy"])
     label = describe.get("group", names if teachers else None)
-    metrics = pl.DataFrame(history).with_columns(pl.lit(strategy_name).alias("strategy"),
+    metrics = epoch_table(history).with_columns(pl.lit(strategy_name).alias("strategy"),
                                                  pl.lit(label).alias("teacher"), pl.lit(student.slug).alias("student"))
     write_run(out, final, student, after, evald, dataset, config, metrics)
     state_path.unlink(missing_ok=True)
@@ -315,12 +319,28 @@ def accuracy(logits: np.ndarray, data: Split) -> float:
     return float((logits.argmax(1) == data.labels).mean() * 100)
 
 
+# metrics.parquet, one row per epoch (epoch 0: before training); null where a value does not exist
+EPOCH_COLUMNS = {
+    "epoch": pl.Int64,            # epochs finished (0: the initial student)
+    "step": pl.Int64,             # optimiser steps so far
+    "train_loss": pl.Float64,     # mean strategy loss over the epoch's steps (null at epoch 0)
+    "teacher_share": pl.Float64,  # share of samples whose target was a teacher (strategies that
+                                  # partition: kl_dp, kl_dp_unsup; null for the others)
+    "eval_accuracy": pl.Float64,  # top-1 % on the eval split (null on epochs not evaluated: eval_every)
+    "seconds": pl.Float64,        # wall time of the epoch
+}
+
+
 def epoch_row(epoch: int, step: int, losses: list[float], shares: list[float], seconds: float,
               logits: np.ndarray | None, evald: Split) -> dict[str, Any]:
-    """One row of metrics.parquet; eval accuracy is NaN on epochs that were not evaluated."""
-    return {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "teacher_share": float(np.mean(shares)) if shares else float("nan"),
-            "eval_accuracy": accuracy(logits, evald) if logits is not None else float("nan"), "seconds": seconds}
+    """One row of metrics.parquet (see :data:`EPOCH_COLUMNS`)."""
+    return {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
+            "teacher_share": float(np.mean(shares)) if shares else None,
+            "eval_accuracy": accuracy(logits, evald) if logits is not None else None, "seconds": seconds}
+
+
+def epoch_table(history: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(history, schema=EPOCH_COLUMNS)
 
 
 def write_run(out: Path, final: Classifier, student: ModelSpec, after: np.ndarray, evald: Split,

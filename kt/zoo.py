@@ -20,9 +20,10 @@ from tqdm import tqdm
 
 from kt.artifacts import atomic_path
 from kt.augment import AugmentPlan
-from kt.data import Split, load_split
+from kt.data import Split, check_augment, load_split, open_dataset
 from kt.models import ModelSpec, create_model
 from kt.preprocess import normalize
+from kt.registry import Registry
 
 log = logging.getLogger("kt")
 
@@ -50,11 +51,12 @@ def recalibrate_batchnorm(model: torch.nn.Module, data: Split, batch_size: int, 
 
 def train_zoo_model(spec: ModelSpec, dataset: dict[str, Any], out: str | Path, epochs: int = 1,
                     lr: float = 2e-3, batch_size: int = 128, augmentation: str = "none", seed: int = 0,
-                    weight_decay: float = 0.05) -> dict[str, Any]:
+                    weight_decay: float = 0.05, registry: Registry | None = None) -> dict[str, Any]:
     """Train ``spec`` from scratch on the train split (AdamW, warm-up + cosine) and save its state dict."""
     torch.manual_seed(seed)
-    data = load_split(dataset, "train")
-    model = create_model(replace(spec, weights=None, pretrained=False), data.classes).train()
+    check_augment(augmentation, open_dataset(dataset, registry), "zoo.models[].augment")
+    data = load_split(dataset, "train", registry)
+    model = create_model(replace(spec, weights=None, pretrained=False), data.classes, registry).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(data) / batch_size)
     warmup = max(1, steps // 20)

@@ -8,6 +8,8 @@ import os
 # Model hubs are unreachable here: fail fast instead of retrying downloads. Set before timm/open_clip
 # (and huggingface_hub) are imported anywhere, and inherited by CLI subprocesses.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The suite must not depend on which third-party kt plugins happen to be installed.
+os.environ["KT_NO_ENTRY_POINTS"] = "1"
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

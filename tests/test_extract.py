@@ -140,7 +140,7 @@ def test_extract_cli_with_features_and_inspect(tmp_path: Path, extracted, tiny_r
         assert set(f) == ATTRS | {"features"}
         assert f["features"].chunks[1:] == (128,)
 
-    shown = kt_cli("inspect", str(out))
+    shown = kt_cli("inspect", "--json", str(out))
     assert shown.returncode == 0, shown.stderr
     info = json.loads(shown.stdout)
     assert info["file"] == str(out)

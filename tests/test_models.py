@@ -239,7 +239,7 @@ def test_unknown_model_ids_fail_at_once_with_close_names(model_id: str, expected
 
 
 def test_unknown_torchvision_weights_tag_lists_known_tags() -> None:
-    with pytest.raises(KtError, match="no weights 'IMAGENET1K_V9' for resnet18; known: IMAGENET1K_V1"):
+    with pytest.raises(KtError, match=r"no weights 'IMAGENET1K_V9' for resnet18\. Did you mean: IMAGENET1K_V1\?"):
         create_model(ModelSpec(id="torchvision:resnet18/IMAGENET1K_V9"))
 
 

@@ -162,7 +162,8 @@ def test_plugin_folder_loads(tmp_path: Path) -> None:
     images, labels, pos = next(split.batches(Preprocessing(size=2), batch_size=4))
     assert images.shape == (4, 3, 2, 2) and bool((images == 255).all())
     assert labels.tolist() == [0, 1, 0, 1] and pos.tolist() == [0, 1, 2, 3]
-    with pytest.raises(KtError, match="dataset 'ones' does not take these options"):
+    with pytest.raises(KtError, match=r"config key dataset\.colour: dataset .ones. does not take this option\. "
+                                      r"Its options: n"):
         load_split({"name": "ones", "colour": "red"}, "train", registry=reg)
 
 
@@ -188,12 +189,22 @@ def test_kt_plugins_command_lists_a_plugin_folder(tmp_path: Path, kt_cli) -> Non
     assert records["kt_local_ones_plugin"]["origin"] == str(path.resolve())
     assert records["kt_local_ones_plugin"]["registered"] == {"datasets": ["ones"],
                                                             "strategies": ["folder_strategy"]}
+    assert records["kt_local_ones_plugin"]["options"] == {"datasets": {"ones": {"n": 4}},
+                                                         "strategies": {"folder_strategy": {}}}
     assert records["kt.plugins.open_clip_source"] == {
-        "name": "kt.plugins.open_clip_source", "origin": "builtin", "hooks": ["register_model_sources"],
-        "registered": {"model_sources": ["open_clip"]}}
+        "name": "kt.plugins.open_clip_source", "origin": "builtin", "status": "loaded",
+        "hooks": ["register_model_sources"], "registered": {"model_sources": ["open_clip"]}}
+    # every built-in strategy and dataset shows its options with their defaults
+    strategies = records["kt.plugins.strategies"]["options"]["strategies"]
+    assert strategies["kl"] == {"temperature": 1.0, "lr": None}
+    assert strategies["xekl"] == {"temperature": 1.0, "lr": None, "alpha": 0.5}
+    assert strategies["kl_dp_unsup"]["supervised"] is False
+    datasets = records["kt.plugins.datasets"]["options"]["datasets"]
+    assert datasets["imagefolder"] == {"root": "(required)", "train": "train", "eval": "val", "classes_file": None}
+    assert datasets["fashion_mnist"] == {"root": None, "download": True}
 
 
-def test_misspelled_hook_names_the_plugin_and_the_known_hooks(tmp_path: Path) -> None:
+def test_misspelled_hook_is_a_named_failure_and_the_others_keep_working(tmp_path: Path, kt_cli) -> None:
     path = _write_plugin(tmp_path, "typo_plugin", """
         import kt
 
@@ -201,13 +212,25 @@ def test_misspelled_hook_names_the_plugin_and_the_known_hooks(tmp_path: Path) ->
         def register_strategy(register):
             register("x", object())
         """)
-    with pytest.raises(KtError) as err:
-        Registry(plugin_dirs=(str(tmp_path),))
-    message = str(err.value)
-    assert "plugin 'kt_local_typo_plugin'" in message
-    assert str(path) in message
-    assert "register_strategy" in message
-    assert "Known hooks: register_model_sources, register_datasets, register_strategies." in message
+    _write_plugin(tmp_path, "ones_plugin", PLUGIN_FILE)
+    reg = Registry(plugin_dirs=(str(tmp_path),))
+    [failure] = reg.failures
+    assert (failure.name, failure.origin) == ("kt_local_typo_plugin", str(path))
+    assert failure.error == ("implements an unknown hook register_strategy. "
+                             "Known hooks: register_model_sources, register_datasets, register_strategies.")
+    assert "ones" in reg.names("datasets")  # the folder's other plugin still works
+    # a name the broken plugin might have registered: the error points at the failure
+    with pytest.raises(KtError, match=r"unknown strategy 'x'\..* Note: plugin 'kt_local_typo_plugin' "
+                                      r"\(.*typo_plugin\.py\) failed to load: implements an unknown hook"):
+        reg.get("strategies", "x")
+
+    result = kt_cli("--plugin-dir", str(tmp_path), "plugins")
+    assert result.returncode == 1  # listed, but a failure is a failure
+    records = {r["name"]: r for r in json.loads(result.stdout)}
+    assert records["kt_local_typo_plugin"] == {"name": "kt_local_typo_plugin", "origin": str(path.resolve()),
+                                               "status": "failed", "error": failure.error}
+    assert records["kt_local_ones_plugin"]["status"] == "loaded"
+    assert "kt_local_typo_plugin" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_misspelled_hook_in_a_code_plugin() -> None:
@@ -216,8 +239,95 @@ def test_misspelled_hook_in_a_code_plugin() -> None:
         def register_dataset(self, register):
             pass
 
-    with pytest.raises(KtError, match=r"plugin 'Typo-0' \(registered in code\) implements an unknown hook"):
-        Registry(extra_plugins=(Typo(),))
+    reg = Registry(extra_plugins=(Typo(),))
+    assert [(f.name, f.origin) for f in reg.failures] == [("Typo-0", "registered in code")]
+    assert "register_dataset" in reg.failures[0].error
+
+
+def test_a_plugin_that_fails_to_import_is_named_and_the_others_load(tmp_path: Path, kt_cli) -> None:
+    broken = _write_plugin(tmp_path, "broken", "import no_such_package_for_kt\n")
+    _write_plugin(tmp_path, "ones_plugin", PLUGIN_FILE)
+    reg = Registry(plugin_dirs=(str(tmp_path),))
+    assert [(f.name, f.origin, f.error) for f in reg.failures] == [
+        ("kt_local_broken", str(broken), "ModuleNotFoundError: No module named 'no_such_package_for_kt'")]
+    assert "ones" in reg.names("datasets")
+    # every other command keeps working, with one warning line naming the plugin
+    result = kt_cli("--plugin-dir", str(tmp_path), "models", "timm", "resnet18")
+    assert result.returncode == 0 and result.stdout.split() == ["resnet18"]
+    assert "plugin 'kt_local_broken'" in result.stderr and "no_such_package_for_kt" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_hook_with_a_wrong_signature_or_that_raises_is_a_named_failure(tmp_path: Path) -> None:
+    _write_plugin(tmp_path, "bad_signature", """
+        import kt
+
+        @kt.hookimpl
+        def register_strategies(reg):
+            reg("never", dict)
+        """)
+    _write_plugin(tmp_path, "raises", """
+        import kt
+
+        @kt.hookimpl
+        def register_datasets(register):
+            register("half_done", dict)
+
+        @kt.hookimpl
+        def register_strategies(register):
+            raise RuntimeError("no GPU driver")
+        """)
+    _write_plugin(tmp_path, "ones_plugin", PLUGIN_FILE)
+    reg = Registry(plugin_dirs=(str(tmp_path),))
+    failures = {f.name: f.error for f in reg.failures}
+    assert set(failures) == {"kt_local_bad_signature", "kt_local_raises"}
+    assert "reg" in failures["kt_local_bad_signature"]
+    assert failures["kt_local_raises"] == "register_strategies raised RuntimeError: no GPU driver"
+    assert "half_done" not in reg.names("datasets") and "ones" in reg.names("datasets")
+    assert [r["name"] for r in reg.describe()][:5] == list(BUILTIN_PLUGINS)  # load order, failures last
+    assert [r["status"] for r in reg.describe()][-2:] == ["failed", "failed"]
+
+
+def test_two_folders_with_a_file_of_the_same_name_both_load(tmp_path: Path) -> None:
+    first = _write_plugin(tmp_path / "a", "extra", PLUGIN_FILE)
+    second = _write_plugin(tmp_path / "b", "extra", """
+        import kt
+
+        @kt.hookimpl
+        def register_strategies(register):
+            register("from_b", dict)
+        """)
+    reg = Registry(plugin_dirs=(str(tmp_path / "a"), str(tmp_path / "b")))
+    assert not reg.failures
+    assert _record(reg, "kt_local_extra")["origin"] == str(first)
+    assert _record(reg, "kt_local_b_extra")["origin"] == str(second)
+    assert {"ones", "from_b"} <= set(reg.names("datasets")) | set(reg.names("strategies"))
+
+
+def test_entry_points_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed third-party plugin (here a fake entry point that would clash with a built-in)
+    is skipped with KT_NO_ENTRY_POINTS=1 or entry_points=False, and loaded otherwise."""
+    import importlib.metadata
+    import types
+
+    clash = types.ModuleType("clash")
+
+    @kt.hookimpl
+    def register_datasets(register):
+        register("fashion_mnist", dict)
+
+    clash.register_datasets = register_datasets
+    sys_modules = {"kt_test_clash": clash}
+    monkeypatch.setattr("sys.modules", {**__import__("sys").modules, **sys_modules})
+    ep = importlib.metadata.EntryPoint("clash", "kt_test_clash", "kt")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [ep] if group == "kt" else [])
+
+    monkeypatch.setenv("KT_NO_ENTRY_POINTS", "1")
+    assert Registry().names("datasets") == ["fashion_mnist", "imagefolder"]
+    monkeypatch.delenv("KT_NO_ENTRY_POINTS")
+    assert Registry(entry_points=False).names("datasets") == ["fashion_mnist", "imagefolder"]
+    with pytest.raises(KtError, match="dataset 'fashion_mnist' is registered twice"):
+        Registry()
 
 
 def test_a_name_registered_twice_names_both_plugins(tmp_path: Path, kt_cli) -> None:
@@ -298,3 +408,49 @@ def test_fashion_mnist_reads_idx_files_through_a_decoded_cache(tmp_path: Path) -
     np.testing.assert_array_equal(load_split(dataset, "eval").images[:, 0].numpy(), images)
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images[::-1].copy())
     np.testing.assert_array_equal(load_split(dataset, "eval").images[:, 0].numpy(), images[::-1])
+
+
+SQUARES_PLUGIN = '''
+import numpy as np
+import torch
+
+import kt
+from kt.data import TensorSplit
+
+
+class Squares:
+    """Class k: a bright k-th third of an 8 px image; 24 train images."""
+
+    classes = ["left", "middle", "right"]
+    size = 8
+
+    def split(self, name):
+        labels = np.arange(24) % 3
+        images = torch.zeros((24, 3, 8, 8), dtype=torch.uint8)
+        for i, k in enumerate(labels):
+            images[i, :, :, 3 * k: 3 * k + 2] = 255
+        return TensorSplit(name, np.arange(24), labels, self.classes, images=images)
+
+
+@kt.hookimpl
+def register_datasets(register):
+    register("squares", Squares)
+'''
+
+
+def test_train_zoo_uses_the_plugin_folders(tmp_path: Path, kt_cli) -> None:
+    """A zoo model trained on a plugin dataset: train-zoo reads --plugin-dir like every command."""
+    folder = tmp_path / "plugins"
+    _write_plugin(folder, "squares", SQUARES_PLUGIN)
+    spec = {"id": "timm:resnet18", "num_classes": 3, "preprocess": {"size": 8, "crop_pct": 1.0},
+            "args": {"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8], "stem_width": 8}, "name": "sq"}
+    out = tmp_path / "sq.pth"
+    result = kt_cli("--plugin-dir", str(folder), "train-zoo", "--model", json.dumps(spec), "--dataset",
+                    '{"name": "squares"}', "--epochs", "1", "--batch-size", "8", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = create_model(ModelSpec(**spec, weights=str(out)), ["left", "middle", "right"])
+    assert model.num_classes == 3
+    # with another plugin folder (no *.py of its own) the dataset is unknown again
+    result = kt_cli("--plugin-dir", str(tmp_path), "train-zoo", "--model", json.dumps(spec), "--dataset",
+                    '{"name": "squares"}', "--out", str(out))
+    assert result.returncode == 2 and "unknown dataset 'squares'" in result.stderr

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from kt.errors import KtError
-from kt.select import select_pairs, write_pairs
+from kt.select import select_pairs, top_teachers, write_pairs
 
 # Models a (80.0 %), b (80.5 %), c (85.0 %); one row per ordered pair plus a self-pair row that must
 # never be selected. bins with the default margin of 1 point: |acc_diff| <= 1 is "similar".
@@ -145,3 +145,16 @@ def test_write_pairs(table: pl.DataFrame, tmp_path: Path) -> None:
     write_pairs(out, tmp_path / "results" / "pairs.parquet")
     assert pl.read_parquet(tmp_path / "results" / "pairs.parquet").equals(out)
     assert [p.name for p in (tmp_path / "results").iterdir()] == ["pairs.parquet"]
+
+
+def test_one_tie_rule_for_top_teachers_and_the_top_policy() -> None:
+    """Student d has four teachers; three tie on pos_flips. Listed in config order (z, y, x) they
+    used to keep that order for a group but not for the policy; both now rank ties by name."""
+    table = pl.DataFrame({"teacher": ["z", "y", "w", "x", "d"], "student": ["d"] * 5,
+                          "acc_diff": [1.0, -3.0, 0.0, 2.0, 0.0], "pos_flips": [4.0, 4.0, 9.0, 4.0, 0.0]})
+    assert top_teachers(table, "d", 3) == ["w", "x", "y"]
+    assert top_teachers(table, "d", 9) == ["w", "x", "y", "z"]  # never the student itself
+    policy = select_pairs(table, {"policy": "top", "k": 3})
+    assert policy["teacher"].to_list() == top_teachers(table, "d", 3)
+    reversed_rows = table.reverse()
+    assert top_teachers(reversed_rows, "d", 3) == ["w", "x", "y"]

@@ -122,7 +122,7 @@ def test_run_folder_artifacts(reference, pair) -> None:
     assert saved["epoch"].to_list() == [0, 1, 2]
     assert saved["step"].to_list() == [0, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     shares = saved["teacher_share"].to_list()
-    assert np.isnan(shares[0]) and all(0.0 <= s <= 1.0 for s in shares[1:])
+    assert shares[0] is None and all(0.0 <= s <= 1.0 for s in shares[1:])
     assert all(np.isfinite(saved["train_loss"].to_list()[1:]))
     acc = saved["eval_accuracy"].to_list()
     assert acc[0] == pytest.approx(before.accuracy) and acc[2] == pytest.approx(after.accuracy)
@@ -156,7 +156,7 @@ def test_plugin_strategy_without_teacher(tmp_path: Path, pair) -> None:
     metrics = transfer(None, student, "xe_only", DATASET, tmp_path, replace(SETTINGS, epochs=1), registry=registry)
     assert {p.name for p in tmp_path.iterdir()} == RUN_FILES
     assert metrics["teacher"].to_list() == [None, None] and metrics["strategy"].to_list() == ["xe_only"] * 2
-    assert np.isnan(metrics["teacher_share"].to_list()[1])
+    assert metrics["teacher_share"].to_list() == [None, None]  # no partition: null, never NaN
     trained, initial = weights_of(tmp_path / "student.pth"), weights_of(Path(student.weights))
     assert trained.keys() == initial.keys()
     assert any(not torch.equal(trained[k], initial[k]) for k in trained)
@@ -164,6 +164,29 @@ def test_plugin_strategy_without_teacher(tmp_path: Path, pair) -> None:
     # a strategy that needs a teacher refuses to run without one, before loading anything
     with pytest.raises(KtError, match="needs a teacher"):
         transfer(None, student, "kl", DATASET, tmp_path / "kl", SETTINGS)
+
+
+def test_metrics_and_log_hold_only_real_numbers(tmp_path: Path, pair, caplog: pytest.LogCaptureFixture) -> None:
+    """kl sets no partition mask and eval_every 0 skips the middle epoch: those values are null in
+    metrics.parquet (never NaN) and absent from the log, which ends with the real accuracies."""
+    caplog.set_level("INFO", logger="kt")
+    metrics = transfer(*pair, "kl", DATASET, tmp_path, replace(SETTINGS, eval_every=0), registry=Registry())
+    saved = pl.read_parquet(tmp_path / "metrics.parquet")
+    assert dict(saved.schema) == {**kt.transfer.EPOCH_COLUMNS, "strategy": pl.String, "teacher": pl.String,
+                                  "student": pl.String}
+    assert saved["teacher_share"].to_list() == [None, None, None]
+    assert saved["train_loss"][0] is None and all(np.isfinite(saved["train_loss"].to_list()[1:]))
+    acc = saved["eval_accuracy"].to_list()
+    assert acc[1] is None
+    assert acc[0] == pytest.approx(read_logits(tmp_path / "eval_before.h5").accuracy)
+    assert acc[2] == pytest.approx(read_logits(tmp_path / "eval_after.h5").accuracy)
+    assert saved.select(pl.selectors.float().is_nan().any()).row(0) == (False,) * 4
+    text = caplog.text
+    assert "nan" not in text.lower()
+    assert "epoch 1: loss" in text and f"eval {acc[2]:.2f} % after transfer ({acc[0]:.2f} % before)" in text
+    assert metrics.equals(saved)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert all(f"`{column}`" in readme for column in kt.transfer.EPOCH_COLUMNS)  # every column documented
 
 
 # ---------------------------------------------------------------------------------------------- reused eval logits

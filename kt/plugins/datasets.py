@@ -68,6 +68,12 @@ class FashionMNIST:
     root: str | None = None
     download: bool = True
     classes = FASHION_MNIST_CLASSES
+    # what the dataset declares (kt.data.DatasetInfo): train-set statistics, native size; a
+    # mirrored shoe or shirt keeps its class, so flips are valid
+    mean = (0.286, 0.286, 0.286)
+    std = (0.353, 0.353, 0.353)
+    size = 28
+    hflip = True
 
     def _folders(self) -> list[Path]:
         folders = [Path(self.root)] if self.root else []
@@ -124,6 +130,9 @@ class ImageFolder:
         if not root.is_dir():
             raise KtError(f"dataset.root {self.root!r} is not a folder; point it at a folder holding "
                           f"'{self.train}/' and '{self.eval}/'.")
+        if self.classes_file and not Path(self.classes_file).is_file():
+            raise KtError(f"dataset.classes_file {self.classes_file!r} does not exist; point it at a text file "
+                          "with one class folder name per line (optionally a tab and a readable name).")
         if self.classes_file:
             lines = [ln.rstrip("\n").split("\t") for ln in Path(self.classes_file).read_text().splitlines() if ln]
             self.folders = [ln[0] for ln in lines]

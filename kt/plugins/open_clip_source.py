@@ -40,6 +40,9 @@ class OpenClipSource(ModelSource):
     def known_models(self) -> list[str]:
         return open_clip.list_models()
 
+    def known_tags(self, base: str) -> list[str]:
+        return list(open_clip.list_pretrained_tags_by_model(base))
+
     def base_name(self, arch: str) -> str:
         return arch.split("/", 1)[0]
 

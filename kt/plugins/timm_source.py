@@ -13,11 +13,20 @@ from kt.preprocess import Preprocessing
 
 
 class TimmSource(ModelSource):
+    tag_separator = "."
+
     def known_models(self) -> list[str]:
         return timm.list_models()
 
+    def known_tags(self, base: str) -> list[str]:
+        return [name.split(".", 1)[1] for name in timm.list_pretrained(f"{base}.*")]
+
     def base_name(self, arch: str) -> str:
         return arch.split(".", 1)[0]
+
+    def list_models(self, pattern: str = "*", pretrained: bool = False) -> list[str]:
+        """timm's own listing (natural order); ``pretrained`` gives ``arch.tag`` names with hub weights."""
+        return list(timm.list_pretrained(pattern) if pretrained else timm.list_models(pattern))
 
     def create(self, spec: ModelSpec, classes: list[str] | None) -> Classifier:
         kwargs = dict(spec.args)
@@ -43,7 +52,7 @@ class TimmSource(ModelSource):
         prep = Preprocessing(size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                              interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]))
         return Classifier(model, model.get_classifier(), prep.updated(spec.preprocess), model.num_classes,
-                          spec, weights_origin(spec, f"timm/{spec.arch}"), classes)
+                          spec, weights_origin(spec, f"timm/{spec.arch}") if pretrained else "random init", classes)
 
 
 @kt.hookimpl

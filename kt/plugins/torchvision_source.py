@@ -26,19 +26,15 @@ class TorchvisionSource(ModelSource):
     def known_models(self) -> list[str]:
         return tvm.list_models(module=tvm)
 
+    def known_tags(self, base: str) -> list[str]:
+        return [w.name for w in tvm.get_model_weights(base)]
+
     def base_name(self, arch: str) -> str:
         return arch.split("/", 1)[0]
 
     def create(self, spec: ModelSpec, classes: list[str] | None) -> Classifier:
         name, _, tag = spec.arch.partition("/")
-        weights_enum = None
-        if tag:
-            try:
-                weights_enum = tvm.get_model_weights(name)[tag]
-            except KeyError:
-                known = [w.name for w in tvm.get_model_weights(name)]
-                raise KtError(f"model {spec.id!r}: torchvision has no weights {tag!r} for {name}; "
-                              f"known: {', '.join(known)}.") from None
+        weights_enum = tvm.get_model_weights(name)[tag] if tag else None  # tag checked by check()
         kwargs = dict(spec.args)
         if spec.num_classes is not None:
             kwargs["num_classes"] = spec.num_classes

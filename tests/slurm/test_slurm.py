@@ -35,6 +35,7 @@ START = REPO / "tests/slurm/start.sh"
 STOP = REPO / "tests/slurm/stop.sh"
 PROFILE = "workflow/profiles/slurm"  # relative to REPO, exactly as a user types it
 TINY_CONFIG = REPO / "tests/workflow/config.yaml"
+RESULTS = yaml.safe_load(TINY_CONFIG.read_text())["results"]  # not "results": paths must follow it
 RUN_TIMEOUT_S = int(os.environ.get("KT_SLURM_RUN_TIMEOUT", 15 * 60))  # hard limit of one Snakemake run
 START_TIMEOUT_S = 15 * 60  # apt-get update + install + daemons
 CANNOT_INSTALL = 3  # start.sh's exit code when the packages are missing and cannot be installed
@@ -197,7 +198,7 @@ def slurm_jobs(output: str) -> dict[str, dict[str, str]]:
 
 
 def result_files(workdir: Path) -> set[str]:
-    return {str(p.relative_to(workdir)) for p in (workdir / "results").rglob("*") if p.is_file()}
+    return {str(p.relative_to(workdir)) for p in (workdir / RESULTS).rglob("*") if p.is_file()}
 
 
 def temp_leftovers(workdir: Path) -> list[Path]:
@@ -231,8 +232,8 @@ def test_every_job_runs_as_a_slurm_job(slurm_and_local_runs):
 
     # Each job wrote its rule log and benchmark.
     for kind in ("logs", "benchmarks"):
-        files = [p for p in (workdir / "results" / kind).rglob("*") if p.is_file()]
-        assert len(files) == len(submitted), f"{len(submitted)} jobs, but results/{kind}: {files}"
+        files = [p for p in (workdir / RESULTS / kind).rglob("*") if p.is_file()]
+        assert len(files) == len(submitted), f"{len(submitted)} jobs, but {RESULTS}/{kind}: {files}"
 
     # SLURM's own view: every job of this run completed, in the run's working directory.
     jobs = slurm_jobs(output)
@@ -251,8 +252,8 @@ def test_slurm_results_equal_local_results(slurm_and_local_runs):
     assert result_files(cluster) == result_files(local)
     assert temp_leftovers(local) == [] and temp_leftovers(cluster) == []
 
-    logits = sorted([*(local / "results/logits").rglob("*.h5"), *(local / "results/transfer").rglob("eval_*.h5")])
-    assert len(list((local / "results/logits/eval").glob("*.h5"))) >= 3, logits
+    logits = sorted([*(local / RESULTS / "logits").rglob("*.h5"), *(local / RESULTS / "transfer").rglob("eval_*.h5")])
+    assert len(list((local / RESULTS / "logits/eval").glob("*.h5"))) >= 3, logits
     for path in logits:
         a = read_logits(path)
         b = read_logits(cluster / path.relative_to(local))
@@ -277,7 +278,7 @@ def test_failing_slurm_job_fails_the_run_cleanly(slurm_args, tmp_path, tiny_resn
                          "args": {**spec.args, "drop_rate": "not-a-number"}}]
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    targets = ["results/zoo/bad_train.pth", "results/logits/eval/bad_extract.h5"]
+    targets = [f"{RESULTS}/zoo/bad_train.pth", f"{RESULTS}/logits/eval/bad_extract.h5"]
 
     output = run_snakemake(tmp_path, [*slurm_args, "--keep-going"],
                            configfile=configfile, targets=targets, expect_success=False)
@@ -285,7 +286,7 @@ def test_failing_slurm_job_fails_the_run_cleanly(slurm_args, tmp_path, tiny_resn
     # Snakemake names both failed rules and where to look.
     assert re.search(r"^Error in rule train_zoo:$", output, re.M), output[-4000:]
     assert re.search(r"^Error in rule extract:$", output, re.M), output[-4000:]
-    assert "results/logs/zoo/bad_train.log" in output and "results/logs/extract/eval/bad_extract.log" in output
+    assert f"{RESULTS}/logs/zoo/bad_train.log" in output and f"{RESULTS}/logs/extract/eval/bad_extract.log" in output
     submitted = submissions(output)
     assert len(submitted) == 2, output[-4000:]
     # Each job failed inside SLURM, for the reason we planted (the rule logs say so) ...
@@ -294,7 +295,7 @@ def test_failing_slurm_job_fails_the_run_cleanly(slurm_args, tmp_path, tiny_resn
         assert jobs[slurm_id]["state"] == "FAILED", (slurm_id, jobs[slurm_id])
         assert f"SLURM-job '{slurm_id}' failed" in output
         assert log.is_file(), f"the SLURM log of failed job {slurm_id} was not kept: {log}"
-    for rule_log in ("results/logs/zoo/bad_train.log", "results/logs/extract/eval/bad_extract.log"):
+    for rule_log in (f"{RESULTS}/logs/zoo/bad_train.log", f"{RESULTS}/logs/extract/eval/bad_extract.log"):
         assert "not-a-number" in (tmp_path / rule_log).read_text(), rule_log
     # ... and left nothing that looks like a result.
     for target in targets:

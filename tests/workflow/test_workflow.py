@@ -34,7 +34,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
     done = snakemake(workdir, "--cores", "2")
     assert done.returncode == 0, done.stderr[-4000:]
-    return workdir / "results"
+    assert not (workdir / "results").exists()  # the config says results: out
+    return workdir / "out"
 
 
 def test_every_model_has_eval_logits_on_the_same_samples(run: Path) -> None:
@@ -68,7 +69,7 @@ def test_transfer_runs_and_metrics_are_consistent(run: Path) -> None:
     assert pairs.height >= 1 and (pairs["teacher"] != pairs["student"]).all()
     summary = pl.read_parquet(run / "summary.parquet")
     runs = summary.filter(pl.col("scope") == "run")
-    assert runs.filter("selected").height == pairs.height * 2
+    assert runs.filter("selected").height == pairs.height * 3  # kl, kl_dp and the example plugin's kl_correct
     files = {f.stem: read_logits(f) for f in (run / "logits" / "eval").glob("*.h5")}
     for row in runs.iter_rows(named=True):
         folder = run / "transfer" / row["strategy"] / f"{row['teacher']}__{row['student']}"
@@ -86,7 +87,7 @@ def test_transfer_runs_and_metrics_are_consistent(run: Path) -> None:
         assert config.get("mode", config["strategy"]) == row["strategy"]
         assert not (folder / "state.pt").exists()
     strategies = summary.filter(pl.col("scope") == "strategy")
-    assert sorted(strategies["strategy"].to_list()) == ["kl", "kl_dp"]
+    assert sorted(strategies["strategy"].to_list()) == ["kl", "kl_correct", "kl_dp"]
     assert ((strategies["success_rate"] >= 0) & (strategies["success_rate"] <= 100)).all()
     assert {p.name for p in (run / "figures" / "transfer").glob("*.png")} >= {
         "success_rate.png", "delta_vs_accdiff.png", "gain_vs_loss.png", "epoch_curves.png", "multi_teacher.png"}
@@ -130,6 +131,16 @@ def test_report_renders_in_a_real_browser(run: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     html = report.read_text()
     assert "flip_heatmap.png" in html and "summary.csv" in html
+    # the landing page: what to read first, and the per-strategy table with the summary's numbers
+    assert "What to read first" in html
+    overview = pl.read_csv(run / "report" / "overview.csv")
+    strategies = pl.read_parquet(run / "summary.parquet").filter(pl.col("scope") == "strategy")
+    assert overview.columns[:4] == ["strategy", "runs", "success rate %", "mean Δ"]
+    assert overview["strategy"].to_list() == strategies["strategy"].to_list()
+    np.testing.assert_allclose(overview["mean Δ"], strategies["mean_delta"].round(2))
+    landing = html.split("What to read first")[0]  # the page embeds it as a JSON string
+    for cell in ["success rate %", "mean Δ", *overview["strategy"], *map(str, overview["mean Δ"])]:
+        assert json.dumps(cell)[1:-1] in landing, cell
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed (make test installs it)")

@@ -9,20 +9,27 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 from kt.config import check as check_config
-from kt.config import group_name
+from kt.config import group_name, plugin_folders
 from kt.config import validate as validate_config
 from kt.errors import KtError
+from kt.registry import get_registry
+from kt.select import top_teachers
 
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))  # also fills defaults
-    MODELS = check_config(config)  # slug -> kt.models.ModelSpec
+    # the workflow's own plugins/ (beside the Snakefile, whatever --directory says), then plugin_dirs
+    PLUGIN_DIRS = plugin_folders(config, workflow.basedir)
+    REGISTRY = get_registry(PLUGIN_DIRS)
+    MODELS = check_config(config, REGISTRY)  # slug -> kt.models.ModelSpec
 except KtError as e:
     raise WorkflowError(f"config error: {e}") from None
+for failure in REGISTRY.failures:  # the others keep working; `kt plugins` shows the same
+    print(f"kt: warning: {failure}", file=sys.stderr)
 
 RESULTS = config["results"]
 ZOO = {m["name"]: m for m in config["zoo"].get("models", [])}
-PLUGIN_ARGS = " ".join(f"--plugin-dir {shlex.quote(d)}" for d in config["plugin_dirs"])
+PLUGIN_ARGS = " ".join(f"--plugin-dir {shlex.quote(d)}" for d in PLUGIN_DIRS)
 # The interpreter running Snakemake has kt installed (this file imports it): jobs use the same one,
 # so `.venv/bin/snakemake` works without activating the venv (and on cluster nodes sharing the path).
 # With `--sdm conda`, jobs use the Python of workflow/envs/kt.yaml instead.
@@ -119,9 +126,7 @@ def group_teachers(group):
     if "teachers" in spec:
         return spec["teachers"]
     checkpoints.select_pairs.get()  # its input, the complementarity table, exists from here on
-    table = pl.read_parquet(rules.complementarity.output.table)
-    ranked = table.filter(pl.col("student") == spec["student"]).sort("pos_flips", descending=True, maintain_order=True)
-    return ranked["teacher"].head(spec["top"]).to_list()
+    return top_teachers(pl.read_parquet(rules.complementarity.output.table), spec["student"], spec["top"])
 
 
 def member_runs(group, name=""):

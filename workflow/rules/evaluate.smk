@@ -34,6 +34,7 @@ rule summarize:
         pairs=f"{RESULTS}/pairs.parquet",
     output:
         table=f"{RESULTS}/summary.parquet",
+        overview=f"{RESULTS}/report/overview.csv",
         csv=report(f"{RESULTS}/summary.csv", caption="../report/summary.rst", category="Transfer"),
         figures=report(
             directory(f"{RESULTS}/figures/transfer"),
@@ -56,4 +57,4 @@ rule summarize:
         runtime=10,
     shell:
         "{params.kt} summarize --metrics {input.metrics} --epochs {input.epochs} --pairs {input.pairs} --similar-within {params.similar_within} "
-        "--out {output.table} --csv {output.csv} --figures {output.figures} > {log} 2>&1"
+        "--out {output.table} --csv {output.csv} --overview {output.overview} --figures {output.figures} > {log} 2>&1"

@@ -1,0 +1,291 @@
+"""The three complete examples of docs/plugins.md, run as written: each ```python block whose first line
+is ``# example: KIND`` is executed in a fresh module, registered with ``Registry(extra_plugins=...)`` and
+driven through kt's own entry points (create_model, load_split, make_strategy, transfer)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kt.config import check_strategy_options
+from kt.data import DatasetInfo, load_split, open_dataset
+from kt.errors import KtError
+from kt.models import Classifier, ModelSpec, create_model
+from kt.preprocess import Preprocessing, normalize
+from kt.registry import Registry
+from kt.strategies import Outputs, kl_div
+from kt.transfer import TransferSettings, make_strategy, transfer
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "plugins.md"
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
+MARKER = re.compile(r"# example: (.+)")
+HOOKS = {"model source": "register_model_sources", "dataset": "register_datasets", "strategy": "register_strategies"}
+
+
+def doc_examples() -> dict[str, str]:
+    """KIND -> code of every ```python block of the page that defines a ``@kt.hookimpl`` function."""
+    examples = {}
+    for code in BLOCK.findall(DOC.read_text()):
+        if "@kt.hookimpl" not in code:
+            continue
+        marker = MARKER.fullmatch(code.splitlines()[0].strip())
+        assert marker, f"a hook example in {DOC.name} must start with '# example: KIND': {code.splitlines()[0]!r}"
+        assert marker.group(1) not in examples, f"two examples marked {marker.group(1)!r}"
+        examples[marker.group(1)] = code
+    return examples
+
+
+def load_example(kind: str) -> types.ModuleType:
+    """A fresh module holding the example's code, named ``docs_example_KIND``."""
+    name = "docs_example_" + kind.replace(" ", "_")
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses look their module up while decorating
+    try:
+        exec(compile(doc_examples()[kind], f"{DOC}#{kind}", "exec"), module.__dict__)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+def registry_of(*kinds: str) -> Registry:
+    registry = Registry(extra_plugins=tuple(load_example(k) for k in kinds), entry_points=False)
+    assert registry.failures == []
+    return registry
+
+
+@pytest.fixture
+def sources() -> Registry:
+    return registry_of("model source")
+
+
+@pytest.fixture
+def datasets() -> Registry:
+    return registry_of("dataset")
+
+
+@pytest.fixture
+def strategies() -> Registry:
+    return registry_of("strategy")
+
+
+def test_the_page_has_one_example_per_hook() -> None:
+    examples = doc_examples()
+    assert sorted(examples) == sorted(HOOKS)
+    for kind, hook in HOOKS.items():
+        assert f"def {hook}(register):" in examples[kind]
+        assert hasattr(getattr(load_example(kind), hook), "kt_impl")  # marked @kt.hookimpl
+
+
+def test_all_examples_load_together_and_kt_plugins_shows_them() -> None:
+    registry = registry_of(*HOOKS)
+    records = {r["name"]: r for r in registry.describe()}
+    assert records["docs_example_model_source"]["registered"] == {"model_sources": ["linear"]}
+    assert records["docs_example_model_source"]["origin"] == "registered in code"
+    assert records["docs_example_dataset"]["registered"] == {"datasets": ["colours"]}
+    assert records["docs_example_strategy"]["registered"] == {"strategies": ["kl_confident", "kl_very_confident"]}
+    # the option listings the page quotes are what `kt plugins` prints
+    text = DOC.read_text()
+    colours = records["docs_example_dataset"]["options"]["datasets"]["colours"]
+    assert colours == {"n_train": 60, "n_eval": 30, "size": 16}
+    assert f'"colours": {json.dumps(colours)}' in text
+    confident = records["docs_example_strategy"]["options"]["strategies"]["kl_confident"]
+    assert confident == {"temperature": 1.0, "lr": None, "threshold": 0.6}
+    assert f'"kl_confident": {json.dumps(confident)}' in text
+
+
+# --- model source --------------------------------------------------------------------------------------
+
+
+def test_model_source_builds_classifiers_with_logits_and_features(sources: Registry) -> None:
+    model = create_model("linear:flat", ["a", "b", "c"], sources)
+    assert isinstance(model, Classifier) and not model.training
+    assert (model.num_classes, model.classes, model.origin) == (3, ["a", "b", "c"], "random init (seed 0)")
+    assert model.preprocess == Preprocessing(size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    x = torch.rand(5, 3, 8, 8)
+    logits, features = model.logits_and_features(x)
+    assert logits.shape == (5, 3) and features.shape == (5, 3 * 8 * 8)
+    torch.testing.assert_close(features, x.flatten(1))  # flat: the head's input is the pixels
+    head = model.body[1]
+    torch.testing.assert_close(logits, x.flatten(1) @ head.weight.T + head.bias)
+    torch.testing.assert_close(model(x), logits)
+
+    mlp = create_model({"id": "linear:mlp", "args": {"hidden": 32}, "num_classes": 4}, registry=sources)
+    logits, features = mlp.logits_and_features(x)
+    assert logits.shape == (5, 4) and features.shape == (5, 32)
+    assert bool((features >= 0).all())  # the head's input comes after the ReLU
+    assert create_model("linear:mlp", registry=sources).num_classes == 10  # no classes, no num_classes
+
+    small = create_model({"id": "linear:flat", "preprocess": {"size": 4, "crop_pct": 0.5}}, ["a", "b"], sources)
+    assert (small.preprocess.size, small.preprocess.crop_pct) == (4, 0.5)
+    assert small.logits_and_features(torch.rand(2, 3, 4, 4))[1].shape == (2, 48)
+
+
+def test_model_source_is_deterministic_and_loads_its_own_weight_files(sources: Registry, tmp_path: Path) -> None:
+    rng = torch.get_rng_state()
+    first, second = (create_model("linear:mlp", ["a", "b"], sources) for _ in range(2))
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is untouched
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    other = create_model({"id": "linear:mlp", "args": {"seed": 1}}, ["a", "b"], sources)
+    path = tmp_path / "mlp.pth"
+    torch.save(other.body.state_dict(), path)  # the format kt writes (zoo, transfer's student.pth)
+    loaded = create_model({"id": "linear:mlp", "weights": str(path)}, ["a", "b"], sources)
+    assert loaded.origin == f"file:{path.resolve()}"
+    x = torch.rand(3, 3, 8, 8)
+    assert torch.equal(loaded(x), other(x)) and not torch.equal(first(x), other(x))
+
+    with pytest.raises(KtError, match=r"mlp.pth does not fit linear:flat"):
+        create_model({"id": "linear:flat", "weights": str(path)}, ["a", "b"], sources)
+
+
+def test_model_source_mistakes_are_kt_errors(sources: Registry) -> None:
+    with pytest.raises(KtError, match=r"linear has no model 'mpl'\. Did you mean: mlp\?"):
+        create_model("linear:mpl", registry=sources)
+    with pytest.raises(KtError, match=r"unknown args \['hiden'\]; linear takes \['hidden', 'seed'\]"):
+        create_model({"id": "linear:mlp", "args": {"hiden": 8}}, registry=sources)
+    with pytest.raises(KtError, match="predicts 4 classes but the dataset has 3"):
+        create_model({"id": "linear:flat", "num_classes": 4}, ["a", "b", "c"], sources)
+    source = sources.get("model_sources", "linear")
+    assert source.list_models() == ["flat", "mlp"]
+    assert source.list_models("m*", pretrained=True) == ["mlp"]
+
+
+# --- dataset -------------------------------------------------------------------------------------------
+
+
+def test_dataset_loads_through_kt_with_a_stratified_subset(datasets: Registry) -> None:
+    assert datasets.options("datasets", "colours") == {"n_train": 60, "n_eval": 30, "size": 16}
+    train = load_split({"name": "colours", "subset": {"train": 30}}, "train", datasets)
+    assert (len(train), train.classes) == (30, ["red", "green", "blue"])
+    assert np.bincount(train.labels).tolist() == [10, 10, 10]
+
+    batches = list(train.batches(Preprocessing(size=8), batch_size=12))
+    assert [tuple(images.shape) for images, _, _ in batches] == [(12, 3, 8, 8), (12, 3, 8, 8), (6, 3, 8, 8)]
+    assert all(images.dtype == torch.uint8 for images, _, _ in batches)
+    assert torch.cat([pos for _, _, pos in batches]).tolist() == list(range(30))
+    assert torch.cat([labels for _, labels, _ in batches]).tolist() == train.labels.tolist()
+
+    # at the native size the label's channel is 128..255 and the others 0..127, pixel by pixel
+    images, labels, _ = next(train.batches(Preprocessing(size=16), batch_size=30))
+    bright = images.int() >= 128
+    assert torch.equal(bright, torch.nn.functional.one_hot(labels, 3)[:, :, None, None].bool().expand_as(bright))
+
+    evald = load_split({"name": "colours", "n_eval": 9}, "eval", datasets)
+    assert len(evald) == 9 and evald.ids[0] == "eval/0"
+    assert evald.fingerprint() == load_split({"name": "colours", "n_eval": 9}, "eval", datasets).fingerprint()
+    assert evald.fingerprint() != load_split({"name": "colours", "n_eval": 9}, "train", datasets).fingerprint()
+
+
+def test_dataset_declares_its_statistics(datasets: Registry) -> None:
+    dataset = open_dataset({"name": "colours"}, datasets)
+    info = DatasetInfo.of(dataset)
+    assert (info.size, info.hflip) == (16, True)
+    assert info.preprocess() == {"size": 16, "crop_pct": 1.0, "mean": [0.4163] * 3, "std": [0.2775] * 3}
+    # the declared statistics are the train split's (exactly: 0.41634 and 0.27747 in expectation)
+    pixels = load_split({"name": "colours", "n_train": 300}, "train", datasets).images.double() / 255
+    mean, std = pixels.mean((0, 2, 3)), pixels.std((0, 2, 3))
+    torch.testing.assert_close(mean, torch.tensor(dataset.mean, dtype=torch.double), atol=0.005, rtol=0)
+    torch.testing.assert_close(std, torch.tensor(dataset.std, dtype=torch.double), atol=0.005, rtol=0)
+    assert dataset.mean[0] == pytest.approx((128 + 3 * 63.5) / 3 / 255, abs=1e-4)
+
+
+def test_dataset_option_mistakes_name_the_config_key(datasets: Registry) -> None:
+    with pytest.raises(KtError, match=r"config key dataset\.n_trian: .*Did you mean: n_train\?"):
+        open_dataset({"name": "colours", "n_trian": 6}, datasets)
+    with pytest.raises(KtError, match="n_train and n_eval must be at least 3"):
+        open_dataset({"name": "colours", "n_train": 2}, datasets)
+
+
+# --- strategy ------------------------------------------------------------------------------------------
+
+
+def test_strategy_worked_loss(strategies: Registry) -> None:
+    """Teacher [2, 0] is confident (p = e^2 / (e^2 + 1) = 0.881 >= 0.6), teacher [0, 0] is not (0.5): the loss is
+    the KL of sample 0 alone, toward a uniform student: sum_i p_i log(2 p_i) = 0.3278."""
+    strategy = make_strategy("kl_confident", {}, strategies)
+    assert (strategy.threshold, strategy.needs_teacher, strategy.needs_initial, strategy.multi_teacher) == (
+        0.6, True, False, False)
+    teacher = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    student = torch.zeros(2, 2, requires_grad=True)
+    loss = strategy.loss(Outputs(student=student, teachers=[teacher]))
+    p = math.exp(2) / (math.exp(2) + 1)
+    by_hand = p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p))
+    assert loss.item() == pytest.approx(by_hand, abs=1e-6) and by_hand == pytest.approx(0.3278, abs=1e-4)
+    log_t = torch.log_softmax(teacher[0], 0)
+    assert loss.item() == pytest.approx(float((log_t.exp() * (log_t - math.log(0.5))).sum()), abs=1e-6)
+    assert strategy.last_mask.tolist() == [True, False]
+    loss.backward()
+    assert student.grad[1].abs().sum() == 0 and student.grad[0].abs().sum() > 0
+    torch.testing.assert_close(student.grad[0], torch.tensor([0.5 - p, p - 0.5]))  # softmax(student) - p
+
+    hot = make_strategy("kl_confident", {"temperature": 2.0}, strategies)
+    log_t, log_s = torch.log_softmax(teacher[0] / 2, 0), torch.log_softmax(torch.zeros(2), 0)
+    expected = float((log_t.exp() * (log_t - log_s)).sum()) * 4
+    assert hot.loss(Outputs(student=torch.zeros(2, 2), teachers=[teacher])).item() == pytest.approx(expected)
+
+
+def test_strategy_on_random_logits(strategies: Registry) -> None:
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(8, 10, generator=g).requires_grad_()
+    teacher = torch.randn(8, 10, generator=g) * 3
+    everywhere = make_strategy("kl_confident", {"threshold": 0.0}, strategies)
+    loss = everywhere.loss(Outputs(student=student, teachers=[teacher]))
+    assert loss.dim() == 0 and loss.requires_grad and torch.isfinite(loss)
+    torch.testing.assert_close(loss, kl_div(student, teacher).mean())
+    assert everywhere.last_mask.all()
+
+    nowhere = make_strategy("kl_confident", {"threshold": 1.01}, strategies)
+    loss = nowhere.loss(Outputs(student=student, teachers=[teacher]))
+    assert loss.item() == 0.0 and torch.isfinite(loss) and not nowhere.last_mask.any()
+    loss.backward()
+    assert torch.equal(student.grad, torch.zeros_like(student))
+
+    variant = make_strategy("kl_very_confident", {}, strategies)
+    assert variant.threshold == 0.9
+    assert strategies.options("strategies", "kl_very_confident")["threshold"] == 0.9
+
+
+def test_strategy_option_mistakes_name_the_config_key(strategies: Registry) -> None:
+    with pytest.raises(KtError, match=r"strategy 'kl_confident' does not accept options \['treshold'\] "
+                                      r"\(config key transfer\.options\.kl_confident\)"):
+        make_strategy("kl_confident", {"treshold": 0.5}, strategies)
+    config = {"transfer": {"options": {"kl_confident": {"treshold": 0.5}}}}
+    with pytest.raises(KtError, match=r"config key transfer\.options\.kl_confident\.treshold: strategy "
+                                      r"'kl_confident' has no option 'treshold'\. Did you mean: threshold\?"):
+        check_strategy_options(config, strategies)
+
+
+# --- all three in kt's training loop -------------------------------------------------------------------
+
+
+def test_the_three_examples_run_a_transfer(tmp_path: Path) -> None:
+    """linear:mlp teaches linear:flat on colours with kl_confident: a complete run folder, a teacher_share,
+    and a student.pth the model source loads back."""
+    registry = registry_of(*HOOKS)
+    dataset = {"name": "colours", "n_train": 30, "n_eval": 12}
+    teacher = ModelSpec(id="linear:mlp", args={"hidden": 16})
+    student = ModelSpec(id="linear:flat")
+    settings = TransferSettings(epochs=2, batch_size=10, augment="none", device="cpu", eval_batch_size=64,
+                                options={"threshold": 0.34})
+    metrics = transfer(teacher, student, "kl_confident", dataset, tmp_path / "run", settings, registry=registry)
+    assert metrics["epoch"].to_list() == [0, 1, 2] and metrics["step"].to_list() == [0, 3, 6]
+    shares = metrics["teacher_share"].to_list()
+    assert shares[0] is None and all(0.0 <= s <= 1.0 for s in shares[1:])
+    assert all(math.isfinite(v) for v in metrics["train_loss"].to_list()[1:])
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {"config.json", "eval_after.h5", "eval_before.h5",
+                                                             "metrics.parquet", "student.pth"}
+
+    trained = create_model(ModelSpec(id="linear:flat", weights=str(tmp_path / "run" / "student.pth")),
+                           ["red", "green", "blue"], registry)
+    images, _, _ = next(load_split(dataset, "eval", registry).batches(trained.preprocess, 12))
+    assert trained(normalize(images, trained.preprocess)).shape == (12, 3)
