@@ -13,14 +13,19 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 import polars as pl
 
 from kt.errors import KtError
+
+if TYPE_CHECKING:
+    from kt.data import Split
+    from kt.models import Classifier, ModelSpec
 
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
@@ -102,6 +107,43 @@ class LogitsWriter:
         self._start, self._rows, self._bytes, self._parts = stop, 0, 0, []
 
 
+def versions() -> dict[str, str]:
+    """Versions of the packages that shaped an artifact's numbers."""
+    import timm
+    import torch
+    import torchvision
+
+    import kt
+
+    return {"kt": kt.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "numpy": np.__version__}
+
+
+def logits_attrs(spec: ModelSpec, model: Classifier, data: Split, dataset: dict[str, Any],
+                 logits: np.ndarray | None = None) -> dict[str, Any]:
+    """The attrs every logits file carries (accuracy from ``logits`` when given)."""
+    attrs = {
+        "format_version": FORMAT_VERSION, "kind": "logits", "model": spec.slug, "model_id": spec.id,
+        "model_spec": spec.to_dict(), "source": spec.source, "weights_origin": model.origin,
+        "preprocessing": model.preprocess.to_dict(), "num_classes": model.num_classes,
+        "classes": data.classes, "dataset": dataset, "split": data.name,
+        "dataset_fingerprint": data.fingerprint(), "num_samples": len(data), "versions": versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if logits is not None:
+        attrs["accuracy"] = float((logits.argmax(1) == data.labels).mean() * 100)
+    return attrs
+
+
+def write_logits(out: str | Path, logits: np.ndarray, data: Split, attrs: dict[str, Any]) -> None:
+    """Write an in-memory logits array in the shared layout (atomically)."""
+    with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
+        writer = LogitsWriter(f, data.ids, data.labels, logits.shape[1])
+        writer.write(0, logits)
+        writer.flush()
+        set_attrs(f, attrs)
+
+
 def set_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
     """Scalars and strings as they are; lists and dicts as JSON strings (readable with h5dump)."""
     for key, value in attrs.items():
@@ -181,6 +223,50 @@ def read_logits(path: str | Path, features: bool = False) -> LogitsFile:
             raise KtError(f"{path} is truncated or corrupt ({e}); delete it and rerun the step.") from None
 
 
+def write_table(table: pl.DataFrame, out: str | Path, **csv_options: Any) -> None:
+    """Write a table atomically: CSV when ``out`` ends in ``.csv`` (``csv_options`` go to polars),
+    parquet otherwise. The one writer of every table artifact."""
+    with atomic_path(out) as tmp:
+        if Path(out).suffix == ".csv":
+            table.write_csv(tmp, **csv_options)
+        else:
+            table.write_parquet(tmp)
+
+
+SAME_DATA_FIX = "extract both on the same dataset split (same dataset config, subset and order)."
+
+
+def check_same_samples(a: LogitsFile, b: LogitsFile | Split, fix: str = SAME_DATA_FIX) -> None:
+    """Refuse to pair rows of ``a`` with ``b`` (a logits file or a split) unless they describe the same
+    samples in the same order: fingerprint, count, ids, labels and, for two files, the class count.
+    Pairing rows of different samples would silently give meaningless flips and metrics."""
+    other = getattr(b, "path", None) or f"the {b.name!r} split"
+    both = f"{a.path} and {other}"
+    fa = a.attrs.get("dataset_fingerprint")
+    fb = b.fingerprint() if callable(getattr(b, "fingerprint", None)) else b.attrs.get("dataset_fingerprint")
+    ids = b.ids if hasattr(b, "ids") else b.index
+    if fa is not None and fb is not None and fa != fb:
+        raise KtError(f"{both} were computed on different data (dataset_fingerprint {fa} vs {fb}); {fix}")
+    if len(a.labels) != len(b.labels):
+        raise KtError(f"{both} hold different numbers of samples ({len(a.labels)} vs {len(b.labels)}); {fix}")
+    ids = np.asarray(ids)
+    if not (np.array_equal(a.index, ids) if a.index.dtype.kind == ids.dtype.kind
+            else np.array_equal(a.index.astype(str), ids.astype(str))):
+        raise KtError(f"{both} list different sample ids (index) or a different order; {fix}")
+    if not np.array_equal(a.labels, b.labels):
+        raise KtError(f"{both} hold different labels for the same samples; {fix}")
+    if isinstance(b, LogitsFile) and a.logits.shape[1] != b.logits.shape[1]:
+        raise KtError(f"{both} have different numbers of classes ({a.logits.shape[1]} vs "
+                      f"{b.logits.shape[1]}); they need one shared label space.")
+
+
+def check_model(file: LogitsFile, slug: str, role: str) -> None:
+    """Refuse a logits file that holds another model's logits than the ``role`` (student, teacher) ``slug``."""
+    if file.attrs.get("model") != slug:
+        raise KtError(f"{file.path} holds the logits of model {file.attrs.get('model')!r}, not of the {role} "
+                      f"{slug!r}; give the {role}'s own extraction file.")
+
+
 def read_table(path: str | Path) -> pl.DataFrame:
     """A parquet artifact, with a message naming the file when it is missing or unreadable."""
     try:
@@ -191,7 +277,7 @@ def read_table(path: str | Path) -> pl.DataFrame:
         raise KtError(f"{path} is not a readable parquet file ({e}); delete it and rerun its step.") from None
 
 
-def describe(path: str | Path) -> dict[str, Any]:
+def artifact_info(path: str | Path) -> dict[str, Any]:
     """What an HDF5 artifact holds: datasets with shape/dtype, attrs, and top-1 if it has logits."""
     with open_h5(path) as f:
         info: dict[str, Any] = {"file": str(path), "datasets": {}, "attrs": {k: _attr(v) for k, v in f.attrs.items()}}
@@ -207,7 +293,7 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 
 def summarize_artifact(info: dict[str, Any]) -> str:
-    """A few aligned lines from :func:`describe`'s dict: the file, what it is (model, accuracy, data,
+    """A few aligned lines from :func:`artifact_info`'s dict: the file, what it is (model, accuracy, data,
     classes, weights, creation time) where the attrs say so, and each dataset's shape and dtype."""
     attrs = info.get("attrs", {})
     rows: list[tuple[str, str]] = [("file", str(info.get("file", "?")))]

@@ -1,6 +1,6 @@
 """The workflow's view of the config: the model list and the checks a schema cannot express.
 
-The JSON schema (workflow/schemas/config.schema.yaml) catches misspelled keys and wrong types;
+The JSON schema (kt/config.schema.yaml, linked from workflow/schemas/) catches misspelled keys and wrong types;
 :func:`check` then resolves every name against the plugin registry, so ``snakemake -n`` fails on
 an unknown model, dataset or strategy before any job runs.
 """
@@ -21,7 +21,7 @@ from kt.registry import Registry, get_registry
 from kt.transfer import make_strategy
 
 
-def _describe(error: Any) -> str:
+def _explain(error: Any) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     message = error.message
     if error.validator == "additionalProperties":
@@ -52,7 +52,7 @@ def validate(config: dict[str, Any], schema_file: str | Path) -> None:
     _fill_defaults(schema, config)
     errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = "\n  ".join(_describe(e) for e in errors)
+        lines = "\n  ".join(_explain(e) for e in errors)
         raise KtError(f"the config is invalid:\n  {lines}\nEvery key is documented in config.yaml.")
 
 

@@ -5,32 +5,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-import kt
-from kt.artifacts import FORMAT_VERSION, LogitsWriter, atomic_path, open_h5, set_attrs
+from kt.artifacts import LogitsWriter, atomic_path, logits_attrs, open_h5, set_attrs
 from kt.data import Split, load_split
 from kt.device import BatchBackoff, autocast, pick_device
 from kt.errors import KtError
 from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import normalize
 from kt.registry import Registry
+from kt.schema import defaults, schema
 
 log = logging.getLogger("kt")
-
-
-def versions() -> dict[str, str]:
-    import timm
-    import torchvision
-
-    return {"kt": kt.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "numpy": np.__version__}
+DEFAULTS = defaults("extract")
+DEVICE = schema()["properties"]["device"]["default"]
 
 
 def prepare(model: Classifier, device: torch.device) -> Classifier:
@@ -77,34 +69,9 @@ def predict(model: Classifier, data: Split, batch_size: int, device: torch.devic
             yield to_cpu(*pending)
 
 
-def logits_attrs(spec: ModelSpec, model: Classifier, data: Split, dataset: dict[str, Any],
-                 logits: np.ndarray | None = None) -> dict[str, Any]:
-    """The attrs every logits file carries (accuracy from ``logits`` when given)."""
-    attrs = {
-        "format_version": FORMAT_VERSION, "kind": "logits", "model": spec.slug, "model_id": spec.id,
-        "model_spec": spec.to_dict(), "source": spec.source, "weights_origin": model.origin,
-        "preprocessing": model.preprocess.to_dict(), "num_classes": model.num_classes,
-        "classes": data.classes, "dataset": dataset, "split": data.name,
-        "dataset_fingerprint": data.fingerprint(), "num_samples": len(data), "versions": versions(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    if logits is not None:
-        attrs["accuracy"] = float((logits.argmax(1) == data.labels).mean() * 100)
-    return attrs
-
-
-def write_logits(out: str | Path, logits: np.ndarray, data: Split, attrs: dict[str, Any]) -> None:
-    """Write an in-memory logits array in the shared layout (atomically)."""
-    with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
-        writer = LogitsWriter(f, data.ids, data.labels, logits.shape[1])
-        writer.write(0, logits)
-        writer.flush()
-        set_attrs(f, attrs)
-
-
-def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Path, batch_size: int = 256,
-            device: str = "auto", features: bool = False, workers: int = 0,
-            registry: Registry | None = None) -> dict[str, Any]:
+def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Path,
+            batch_size: int = DEFAULTS["batch_size"], device: str = DEVICE, features: bool = DEFAULTS["features"],
+            workers: int = DEFAULTS["workers"], registry: Registry | None = None) -> dict[str, Any]:
     """Write ``out`` (atomically, streaming row chunks) and return its attrs."""
     data = load_split(dataset, split, registry)
     model = create_model(spec, data.classes, registry)

@@ -1,4 +1,5 @@
-"""Transfer metrics (DESIGN.md §1), in percentage points of the evaluation set, and the summary.
+"""Transfer metrics (Roth et al., ICLR 2024, §4; README "Artifacts"), in points of the evaluation
+set, and the summary.
 
 Per run: transfer delta, knowledge gain and loss, the teacher's residual complementary knowledge,
 the share of the initial positive flips transferred, and how much of the gain falls into the
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from kt.artifacts import LogitsFile, atomic_path, read_logits
+from kt.artifacts import check_same_samples, read_logits, write_table
+from kt.complementarity import TOP_P
 from kt.errors import KtError
-from kt.select import bin_expr
+from kt.select import SIMILAR_WITHIN, bin_expr
 
-TOP_P = (20, 50)
+SAME_RUN_FIX = "rerun both steps on the same dataset config."
 
 
 def top_classes(pos_per_class: np.ndarray, p: float) -> np.ndarray:
@@ -63,25 +65,18 @@ def run_metrics(before: np.ndarray, after: np.ndarray, teacher: np.ndarray, labe
     return {k: float(v) for k, v in out.items()}
 
 
-def _check_same(a: LogitsFile, b: LogitsFile) -> None:
-    fa, fb = a.attrs.get("dataset_fingerprint"), b.attrs.get("dataset_fingerprint")
-    if fa != fb or not np.array_equal(a.labels, b.labels):
-        raise KtError(f"{a.path} and {b.path} hold different evaluation samples (fingerprints {fa} vs {fb}); "
-                      "rerun both steps on the same dataset config.")
-
-
-def evaluate_run(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | Path] | None, strategy: str,
+def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | Path] | None, strategy: str,
                  teacher: str, student: str) -> pl.DataFrame:
     """Long-format metrics of one run folder: columns strategy, teacher, student, members,
     base_strategy, metric, value. ``teacher_logits``: one file, or one per member of a group."""
     run_dir = Path(run_dir)
     before, after = read_logits(run_dir / "eval_before.h5"), read_logits(run_dir / "eval_after.h5")
-    _check_same(before, after)
+    check_same_samples(before, after, SAME_RUN_FIX)
     files = [teacher_logits] if isinstance(teacher_logits, str | Path) else list(teacher_logits or [])
     teacher_pred = []
     for path in files:
         t = read_logits(path)
-        _check_same(before, t)
+        check_same_samples(before, t, SAME_RUN_FIX)
         teacher_pred.append(t.predictions)
     if not teacher_pred:  # teacher-free strategies: flips are measured against the student itself
         teacher_pred = [before.predictions]
@@ -110,7 +105,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def summarize(run_files: Sequence[str | Path], pairs: pl.DataFrame | None = None,
-              similar_within: float = 1.0) -> pl.DataFrame:
+              similar_within: float = SIMILAR_WITHIN) -> pl.DataFrame:
     """One row per run (``scope = run``), per-strategy aggregates overall (``scope = strategy``) and
     per teacher-strength bin (``scope = strategy/bin``), and one row per multi-teacher group
     (``scope = group``, see :func:`group_table`). Per-run files may carry different metrics
@@ -122,9 +117,6 @@ def summarize(run_files: Sequence[str | Path], pairs: pl.DataFrame | None = None
     if not run_files:
         raise KtError("no transfer metrics to summarise; does the config select any pairs and strategies?")
     long = pl.concat([pl.read_parquet(f) for f in run_files], how="diagonal_relaxed")
-    for column in ("members", "base_strategy"):  # files of kt < 0.2 lack them
-        if column not in long.columns:
-            long = long.with_columns(pl.lit(None, pl.String).alias(column))
     runs = long.pivot(on="metric", index=["strategy", "teacher", "student", "members", "base_strategy"],
                       values="value")
     runs = runs.with_columns((pl.col("teacher_acc") - pl.col("acc_before")).alias("acc_diff"))
@@ -193,10 +185,7 @@ def overview(table: pl.DataFrame) -> pl.DataFrame:
 
 def write_summary(table: pl.DataFrame, out_parquet: str | Path, out_csv: str | Path,
                   out_overview: str | Path | None = None) -> None:
-    with atomic_path(out_parquet) as tmp:
-        table.write_parquet(tmp)
-    with atomic_path(out_csv) as tmp:
-        table.write_csv(tmp, float_precision=4)
+    write_table(table, out_parquet)
+    write_table(table, out_csv, float_precision=4)
     if out_overview:
-        with atomic_path(out_overview) as tmp:
-            overview(table).write_csv(tmp)
+        write_table(overview(table), out_overview)

@@ -1,4 +1,4 @@
-"""Multi-teacher transfer (DESIGN.md §1): ``sequential``, ``parallel`` and ``soup``.
+"""Multi-teacher transfer (README, "Multi-teacher transfer"): ``sequential``, ``parallel`` and ``soup``.
 
 * ``sequential``: the single-teacher strategy with one teacher after another, ordered by teacher
   accuracy (the curriculum). Each stage is an ordinary run folder under ``stages/`` whose student
@@ -26,22 +26,26 @@ from typing import Any
 import polars as pl
 import torch
 
-from kt.artifacts import copy_atomic, read_logits
+from kt.artifacts import check_model, copy_atomic, read_logits
+from kt.batchnorm import recalibrate_batchnorm
 from kt.data import load_split
 from kt.device import pick_device
 from kt.errors import KtError
 from kt.extract import prepare
 from kt.models import ModelSpec, create_model
 from kt.registry import Registry, get_registry
-from kt.transfer import TransferSettings, epoch_row, epoch_table, evaluate, transfer, write_record, write_run
-from kt.zoo import recalibrate_batchnorm
+from kt.schema import choices, defaults
+from kt.transfer import TransferSettings, epoch_row, epoch_table, eval_logits, transfer, write_record, write_run
 
-MODES = ("sequential", "parallel", "soup")
-ORDERS = ("ascending", "descending")
-SOUP_BATCHNORM = ("mean", "recalibrate")
+MODES = choices("multi_teacher", "modes")  # sequential, parallel, soup
+SOUP = "soup"  # averages the members' single-teacher students
+RUN_MODES = tuple(m for m in MODES if m != SOUP)  # one multi-transfer job each
+ORDERS = choices("multi_teacher", "order")
+SOUP_BATCHNORM = choices("multi_teacher", "soup_batchnorm")
+DEFAULTS = defaults("multi_teacher")
 
 
-def curriculum(teachers: Sequence[ModelSpec], accuracies: Sequence[float], order: str = "ascending"
+def curriculum(teachers: Sequence[ModelSpec], accuracies: Sequence[float], order: str = DEFAULTS["order"]
                ) -> list[ModelSpec]:
     """Teachers sorted by accuracy (``ascending``: weakest first); equal accuracies keep their order."""
     if order not in ORDERS:
@@ -60,9 +64,7 @@ def teacher_accuracies(logits_files: Sequence[str | Path], teachers: Sequence[Mo
     out = []
     for path, spec in zip(logits_files, teachers, strict=True):
         known = read_logits(path)
-        if known.attrs.get("model") != spec.slug:
-            raise KtError(f"{path} holds the logits of {known.attrs.get('model')!r}, not of teacher {spec.slug!r}; "
-                          "give the teachers' logits files in the order of the teachers.")
+        check_model(known, spec.slug, "teacher")
         out.append(known.accuracy)
     return out
 
@@ -70,7 +72,7 @@ def teacher_accuracies(logits_files: Sequence[str | Path], teachers: Sequence[Mo
 def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str, dataset: dict[str, Any],
                out_dir: str | Path, group: str, settings: TransferSettings | None = None,
                registry: Registry | None = None, before: str | Path | None = None,
-               accuracies: Sequence[float] | None = None, order: str = "ascending") -> pl.DataFrame:
+               accuracies: Sequence[float] | None = None, order: str = DEFAULTS["order"]) -> pl.DataFrame:
     """One single-teacher transfer per teacher, in curriculum order, each starting from the last.
 
     Stages live in ``out_dir/stages/{k}_{teacher}/``; the group's folder gets the first stage's
@@ -80,7 +82,7 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
     registry = registry or get_registry()
     settings = settings or TransferSettings()
     stages = curriculum(teachers, accuracies, order) if accuracies is not None else list(teachers)
-    describe = {"mode": "sequential", "group": group, "base_strategy": strategy, "order": order,
+    extra_config = {"mode": "sequential", "group": group, "base_strategy": strategy, "order": order,
                 "members": [t.slug for t in stages]}
     current, previous_after, frames = student, before, []
     for k, teacher in enumerate(stages, 1):
@@ -91,7 +93,7 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
             if (stage / "config.json").exists():
                 shutil.rmtree(stage)
             metrics = transfer(teacher, current, strategy, dataset, stage, settings, registry=registry,
-                               before=previous_after, describe={"stage": k} | describe)
+                               before=previous_after, extra_config={"stage": k} | extra_config)
         shift = (k - 1) * settings.epochs
         frames.append(metrics.filter(pl.col("epoch") > 0 if k > 1 else pl.lit(True)).with_columns(
             pl.col("epoch") + shift, pl.lit(k).alias("stage"), pl.lit(teacher.slug).alias("stage_teacher")))
@@ -99,7 +101,7 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
         previous_after = stage / "eval_after.h5"
     metrics = pl.concat(frames).with_columns(pl.lit("sequential").alias("strategy"), pl.lit(group).alias("teacher"))
     first, last = out / "stages" / f"1_{stages[0].slug}", out / "stages" / f"{len(stages)}_{stages[-1].slug}"
-    config = json.loads((last / "config.json").read_text()) | describe | {
+    config = json.loads((last / "config.json").read_text()) | extra_config | {
         "teacher": None, "teachers": [t.to_dict() for t in stages], "student": student.to_dict()}
     config.pop("stage")
     copy_atomic(first / "eval_before.h5", out / "eval_before.h5")
@@ -122,9 +124,10 @@ def parallel(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str, d
              out_dir: str | Path, group: str, settings: TransferSettings | None = None,
              registry: Registry | None = None, before: str | Path | None = None) -> pl.DataFrame:
     """One transfer in which every teacher scores each batch (the strategy must read several)."""
-    describe = {"mode": "parallel", "group": group, "base_strategy": strategy, "members": [t.slug for t in teachers]}
+    extra_config = {"mode": "parallel", "group": group, "base_strategy": strategy,
+                    "members": [t.slug for t in teachers]}
     return transfer(list(teachers), student, strategy, dataset, out_dir, settings, registry=registry,
-                    before=before, describe=describe)
+                    before=before, extra_config=extra_config)
 
 
 def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -164,7 +167,7 @@ def check_same_student(students: Sequence[dict[str, Any]], names: Sequence[str])
 
 def soup(member_runs: Sequence[str | Path], dataset: dict[str, Any], out_dir: str | Path, group: str,
          settings: TransferSettings | None = None, registry: Registry | None = None,
-         batchnorm: str = "mean") -> pl.DataFrame:
+         batchnorm: str = DEFAULTS["soup_batchnorm"]) -> pl.DataFrame:
     """Average the students of single-teacher runs (their ``student.pth``) and evaluate the soup.
 
     The members must have trained one student (same architecture and initial weights); their
@@ -195,7 +198,7 @@ def soup(member_runs: Sequence[str | Path], dataset: dict[str, Any], out_dir: st
     out.mkdir(parents=True, exist_ok=True)
     copy_atomic(runs[0] / "eval_before.h5", out / "eval_before.h5")
     before = read_logits(out / "eval_before.h5").logits
-    after = evaluate(model, evald, settings, dev)
+    after = eval_logits(model, evald, settings, dev)
     members = [ModelSpec.parse(c["teacher"]).slug if c.get("teacher") else str(r)
                for c, r in zip(configs, runs, strict=True)]
     base = configs[0]["strategy"]

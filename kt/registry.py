@@ -209,7 +209,7 @@ class Registry:
         """The options of a registered dataset factory or strategy (see :func:`options`)."""
         return options(self.get(kind, name))
 
-    def describe(self) -> list[dict[str, Any]]:
+    def plugin_records(self) -> list[dict[str, Any]]:
         """One record per plugin: name, origin, status, what it registered and, for datasets and
         strategies, their options with defaults (for ``kt plugins``); failed plugins last."""
         out = []

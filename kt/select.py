@@ -4,7 +4,8 @@ Input is the complementarity table (one row per ordered pair, :func:`kt.compleme
 output has ``teacher, student, policy, reason, bin`` followed by the table's metric columns, so
 ``results/pairs.parquet`` explains itself. ``bin`` places the teacher against the student by
 ``acc_diff`` (teacher − student top-1, in points): ``weaker`` below −``similar_within``,
-``stronger`` above +``similar_within``, ``similar`` in between (inclusive); default margin 1.0.
+``stronger`` above +``similar_within``, ``similar`` in between (inclusive); default margin from the
+schema (1.0).
 
 Policies (``policy`` key; every policy also takes an optional ``students`` list that keeps only
 those students, and ``similar_within``):
@@ -28,14 +29,13 @@ does not require deleting the old policy's keys). Mistakes (unknown policy, key 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from kt.artifacts import atomic_path
 from kt.errors import KtError, closest
+from kt.schema import defaults
 
 BINS = ("weaker", "similar", "stronger")
 RANK_BY = ("pos_flips", "forecast_dp", "forecast_dp_unsup")
@@ -48,6 +48,7 @@ POLICY_KEYS: dict[str, set[str]] = {
     "bins": {"per_bin", "pick", "seed"},
 }
 LEAD = ["teacher", "student", "policy", "reason", "bin"]
+SIMILAR_WITHIN = defaults("select")["similar_within"]  # points of accuracy difference still "similar"
 
 
 def _known_list(name: str, value: Any, known: list[str]) -> list[str]:
@@ -71,7 +72,7 @@ def _int(policy: dict[str, Any], key: str, default: int | None = None, minimum: 
     return int(value)
 
 
-def bin_expr(similar_within: float = 1.0) -> pl.Expr:
+def bin_expr(similar_within: float = SIMILAR_WITHIN) -> pl.Expr:
     """weaker / similar / stronger teacher by the ``acc_diff`` column (points) and the margin."""
     d = pl.col("acc_diff")
     return (pl.when(d < -similar_within).then(pl.lit("weaker"))
@@ -110,7 +111,7 @@ def select_pairs(table: pl.DataFrame, policy: dict[str, Any] | None) -> pl.DataF
     if missing:
         raise KtError(f"the complementarity table lacks column(s) {sorted(missing)}; rerun the "
                       "complementarity step.")
-    similar_within = policy.get("similar_within", 1.0)
+    similar_within = policy.get("similar_within", SIMILAR_WITHIN)
     if isinstance(similar_within, bool) or not isinstance(similar_within, int | float) or similar_within < 0:
         raise KtError(f"select.similar_within must be a number of points >= 0, got {similar_within!r}.")
 
@@ -121,69 +122,82 @@ def select_pairs(table: pl.DataFrame, policy: dict[str, Any] | None) -> pl.DataF
     if students is not None:
         df = df.filter(pl.col("student").is_in(students))
 
-    if name == "all":
-        where = f" of the listed students {students}" if students is not None else ""
-        out = df.with_columns(pl.lit(f"every ordered pair{where}").alias("reason"))
-    elif name == "grid":
-        teachers = _known_list("teachers", policy["teachers"], known) if "teachers" in policy else None
-        if teachers is not None:
-            df = df.filter(pl.col("teacher").is_in(teachers))
-        t_txt = "select.teachers" if teachers is not None else "any teacher"
-        s_txt = "select.students" if students is not None else "any student"
-        out = df.with_columns(pl.format("grid: {} ({}) × {} ({})", pl.col("teacher"), pl.lit(t_txt),
-                                        pl.col("student"), pl.lit(s_txt)).alias("reason"))
-    elif name == "random":
-        n = _int(policy, "n")
-        seed = _int(policy, "seed", 0)
-        rng = np.random.default_rng(seed)
-        picked = np.sort(rng.choice(len(df), size=min(n, len(df)), replace=False)) if len(df) else []
-        out = df[[int(i) for i in picked]] if len(df) else df
-        out = out.with_columns(pl.lit(f"random draw of {len(out)} from {len(df)} candidate pairs "
-                                      f"(seed {seed})").alias("reason"))
-    elif name == "top":
-        k = _int(policy, "k", 1, minimum=1)
-        by = policy.get("by", "pos_flips")
-        if by not in RANK_BY:
-            raise KtError(f"select.by: unknown ranking {by!r}; known: {', '.join(RANK_BY)}.")
-        if by not in df.columns or (len(df) and df[by].null_count() == len(df)):
-            raise KtError(f"select.by: the complementarity table has no {by} values (the forecast needs "
-                          "eval logits with softmax); use by: pos_flips.")
-        out = (_ranked(df, by).with_columns(pl.int_range(pl.len()).over("student").alias("_rank"))
-               .filter(pl.col("_rank") < k))
-        out = out.with_columns(pl.format("top-{} teacher by {} for student {} ({} %)", pl.col("_rank") + 1,
-                                         pl.lit(by), pl.col("student"), pl.col(by).round(1)).alias("reason"))
-        order = {s: i for i, s in enumerate(known)}
-        out = (out.with_columns(pl.col("student").replace_strict(order, return_dtype=pl.Int64).alias("_s"))
-               .sort(["_s", "_rank"]).drop("_s", "_rank"))
-    else:  # bins
-        per_bin = _int(policy, "per_bin")
-        pick = policy.get("pick", "random" if "seed" in policy else "pos_flips")
-        if pick not in ("pos_flips", "random"):
-            raise KtError(f"select.pick: unknown choice {pick!r}; known: pos_flips, random.")
-        seed = _int(policy, "seed", 0)
-        rng = np.random.default_rng(seed)
-        parts = []
-        for b in BINS:
-            in_bin = df.filter(pl.col("bin") == b)
-            if pick == "pos_flips":
-                chosen = _ranked(in_bin, "pos_flips").head(per_bin)
-                why = [f"{b} teacher (acc_diff {d:+.1f} points): #{i + 1} of {len(in_bin)} in bin by "
-                       f"pos_flips ({v:.1f} %)" for i, (d, v) in
-                       enumerate(zip(chosen["acc_diff"], chosen["pos_flips"], strict=True))]
-            else:
-                idx = np.sort(rng.choice(len(in_bin), size=min(per_bin, len(in_bin)), replace=False))
-                chosen = in_bin[[int(i) for i in idx]] if len(in_bin) else in_bin
-                why = [f"{b} teacher (acc_diff {d:+.1f} points): random pick from {len(in_bin)} in bin "
-                       f"(seed {seed})" for d in chosen["acc_diff"]]
-            parts.append(chosen.with_columns(pl.Series("reason", why, dtype=pl.String)))
-        out = pl.concat(parts)
-
+    out = POLICIES[name](df, policy, known, students)
     out = out.with_columns(pl.lit(name).alias("policy"), pl.col("reason").cast(pl.String))
     rest = [c for c in table.columns if c not in LEAD]
     return out.select([*LEAD, *rest])
 
 
-def write_pairs(df: pl.DataFrame, out: str | Path) -> None:
-    """Write the selected pairs to parquet atomically (``results/pairs.parquet``)."""
-    with atomic_path(out) as tmp:
-        df.write_parquet(tmp)
+# Policies: (candidate pairs with their bin, the select section, known models in table order, the
+# select.students filter or None) -> the chosen rows with a "reason" column.
+
+
+def _every_pair(df: pl.DataFrame, policy: dict[str, Any], known: list[str], students: list[str] | None
+                ) -> pl.DataFrame:
+    where = f" of the listed students {students}" if students is not None else ""
+    return df.with_columns(pl.lit(f"every ordered pair{where}").alias("reason"))
+
+
+def _grid(df: pl.DataFrame, policy: dict[str, Any], known: list[str], students: list[str] | None) -> pl.DataFrame:
+    teachers = _known_list("teachers", policy["teachers"], known) if "teachers" in policy else None
+    if teachers is not None:
+        df = df.filter(pl.col("teacher").is_in(teachers))
+    t_txt = "select.teachers" if teachers is not None else "any teacher"
+    s_txt = "select.students" if students is not None else "any student"
+    return df.with_columns(pl.format("grid: {} ({}) × {} ({})", pl.col("teacher"), pl.lit(t_txt),
+                                     pl.col("student"), pl.lit(s_txt)).alias("reason"))
+
+
+def _random(df: pl.DataFrame, policy: dict[str, Any], known: list[str], students: list[str] | None
+            ) -> pl.DataFrame:
+    n = _int(policy, "n")
+    seed = _int(policy, "seed", 0)
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(df), size=min(n, len(df)), replace=False)) if len(df) else []
+    out = df[[int(i) for i in picked]] if len(df) else df
+    return out.with_columns(pl.lit(f"random draw of {len(out)} from {len(df)} candidate pairs "
+                                   f"(seed {seed})").alias("reason"))
+
+
+def _top(df: pl.DataFrame, policy: dict[str, Any], known: list[str], students: list[str] | None) -> pl.DataFrame:
+    k = _int(policy, "k", 1, minimum=1)
+    by = policy.get("by", "pos_flips")
+    if by not in RANK_BY:
+        raise KtError(f"select.by: unknown ranking {by!r}; known: {', '.join(RANK_BY)}.")
+    if by not in df.columns or (len(df) and df[by].null_count() == len(df)):
+        raise KtError(f"select.by: the complementarity table has no {by} values (the forecast needs "
+                      "eval logits with softmax); use by: pos_flips.")
+    out = (_ranked(df, by).with_columns(pl.int_range(pl.len()).over("student").alias("_rank"))
+           .filter(pl.col("_rank") < k))
+    out = out.with_columns(pl.format("top-{} teacher by {} for student {} ({} %)", pl.col("_rank") + 1,
+                                     pl.lit(by), pl.col("student"), pl.col(by).round(1)).alias("reason"))
+    order = {s: i for i, s in enumerate(known)}
+    return (out.with_columns(pl.col("student").replace_strict(order, return_dtype=pl.Int64).alias("_s"))
+            .sort(["_s", "_rank"]).drop("_s", "_rank"))
+
+
+def _bins(df: pl.DataFrame, policy: dict[str, Any], known: list[str], students: list[str] | None) -> pl.DataFrame:
+    per_bin = _int(policy, "per_bin")
+    pick = policy.get("pick", "random" if "seed" in policy else "pos_flips")
+    if pick not in ("pos_flips", "random"):
+        raise KtError(f"select.pick: unknown choice {pick!r}; known: pos_flips, random.")
+    seed = _int(policy, "seed", 0)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for b in BINS:
+        in_bin = df.filter(pl.col("bin") == b)
+        if pick == "pos_flips":
+            chosen = _ranked(in_bin, "pos_flips").head(per_bin)
+            why = [f"{b} teacher (acc_diff {d:+.1f} points): #{i + 1} of {len(in_bin)} in bin by "
+                   f"pos_flips ({v:.1f} %)" for i, (d, v) in
+                   enumerate(zip(chosen["acc_diff"], chosen["pos_flips"], strict=True))]
+        else:
+            idx = np.sort(rng.choice(len(in_bin), size=min(per_bin, len(in_bin)), replace=False))
+            chosen = in_bin[[int(i) for i in idx]] if len(in_bin) else in_bin
+            why = [f"{b} teacher (acc_diff {d:+.1f} points): random pick from {len(in_bin)} in bin "
+                   f"(seed {seed})" for d in chosen["acc_diff"]]
+        parts.append(chosen.with_columns(pl.Series("reason", why, dtype=pl.String)))
+    return pl.concat(parts)
+
+
+POLICIES = {"all": _every_pair, "grid": _grid, "random": _random, "top": _top, "bins": _bins}

@@ -67,7 +67,6 @@ class Strategy:
     lr: float | None = None  # None: the loop's default (paper: 1e-4 x batch / 256)
     needs_teacher: bool = field(default=True, init=False)
     needs_initial: bool = field(default=False, init=False)
-    needs_labels: bool = field(default=False, init=False)
     multi_teacher: bool = field(default=False, init=False)  # reads every teacher of Outputs.teachers
     last_mask: torch.Tensor | None = field(default=None, init=False, repr=False)  # where the teacher was the target
 
@@ -105,9 +104,6 @@ class XEKL(Strategy):
 
     alpha: float = 0.5
 
-    def __post_init__(self) -> None:
-        self.needs_labels = True
-
     def loss(self, out: Outputs) -> torch.Tensor:
         kl = kl_div(out.student, out.teacher, self.temperature).mean()
         return self.alpha * kl + (1 - self.alpha) * F.cross_entropy(out.student.float(), out.labels)
@@ -124,7 +120,6 @@ class KLDP(Strategy):
 
     def __post_init__(self) -> None:
         self.needs_initial = True
-        self.needs_labels = self.supervised
         self.multi_teacher = True
 
     def loss(self, out: Outputs) -> torch.Tensor:
@@ -147,9 +142,6 @@ class XEKLMCL(Strategy):
     every: int = 2
     lr: float | None = 1e-2
     slow: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False)  # state, not an option
-
-    def __post_init__(self) -> None:
-        self.needs_labels = True
 
     def loss(self, out: Outputs) -> torch.Tensor:
         negative = (out.student.argmax(1) == out.labels) & (out.teacher.argmax(1) != out.labels)

@@ -23,34 +23,49 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from kt.artifacts import atomic_path, open_h5, read_logits, set_attrs
+from kt.artifacts import (
+    atomic_path,
+    check_model,
+    check_same_samples,
+    logits_attrs,
+    open_h5,
+    read_logits,
+    set_attrs,
+    write_logits,
+    write_table,
+)
 from kt.augment import AugmentPlan
 from kt.data import Split, check_augment, load_split, open_dataset
 from kt.device import autocast, pick_device
 from kt.errors import KtError
-from kt.extract import logits_attrs, predict, prepare, write_logits
+from kt.extract import predict, prepare
 from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import normalize, resize_uint8
 from kt.registry import Registry, get_registry
+from kt.schema import defaults, schema
 from kt.strategies import Outputs, Strategy
 
 log = logging.getLogger("kt")
 
 
+_DEFAULTS = defaults("transfer")
+
+
 @dataclass
 class TransferSettings:
-    """Training settings; defaults follow the paper (SGD, momentum 0.9, wd 1e-4, lr 1e-4 x batch/256)."""
+    """The config's ``transfer`` keys and ``device``, defaults from the schema (the paper's SGD:
+    momentum 0.9, weight decay 1e-4, lr 1e-4 x batch/256)."""
 
-    epochs: int = 2
-    batch_size: int = 128
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    augment: str = "flip_crop"
-    seed: int = 0
-    eval_every: int = 1
-    cache_views: int = 0
-    device: str = "auto"
+    epochs: int = _DEFAULTS["epochs"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    lr: float | None = _DEFAULTS["lr"]
+    momentum: float = _DEFAULTS["momentum"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    augment: str = _DEFAULTS["augment"]
+    seed: int = _DEFAULTS["seed"]
+    eval_every: int = _DEFAULTS["eval_every"]
+    cache_views: int = _DEFAULTS["cache_views"]
+    device: str = schema()["properties"]["device"]["default"]
     eval_batch_size: int = 512
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -110,7 +125,7 @@ def _frozen(model: Classifier | None) -> Classifier | None:
     return model
 
 
-def evaluate(model: Classifier, data: Split, settings: TransferSettings, device: torch.device) -> np.ndarray:
+def eval_logits(model: Classifier, data: Split, settings: TransferSettings, device: torch.device) -> np.ndarray:
     """Eval-split logits (N, C) as float32."""
     was_training = model.training
     model.eval()
@@ -169,14 +184,13 @@ def initial_eval(model: Classifier, data: Split, settings: TransferSettings, dev
     """The student's eval logits before transfer: read from its extraction file when one is given
     (the same model on the same samples: no need to run it again), else computed."""
     if extracted is None:
-        return evaluate(model, data, settings, device)
+        return eval_logits(model, data, settings, device)
     known = read_logits(extracted)
-    if known.attrs.get("model") != model.spec.slug:
-        raise KtError(f"{extracted} holds the logits of model {known.attrs.get('model')!r}, not of the student "
-                      f"{model.spec.slug!r}; give the student's own extraction file.")
-    if known.attrs.get("dataset_fingerprint") != data.fingerprint() or known.logits.shape[1] != model.num_classes:
-        raise KtError(f"{extracted} does not hold this student's logits on this evaluation set; "
-                      "rerun its extraction with the same dataset config.")
+    check_model(known, model.spec.slug, "student")
+    check_same_samples(known, data, "rerun the student's extraction with the same dataset config.")
+    if known.logits.shape[1] != model.num_classes:
+        raise KtError(f"{extracted} holds {known.logits.shape[1]} classes, the student predicts "
+                      f"{model.num_classes}; rerun its extraction.")
     return known.logits
 
 
@@ -189,12 +203,12 @@ def as_teachers(teacher: ModelSpec | Sequence[ModelSpec] | None) -> list[ModelSp
 def transfer(teacher: ModelSpec | Sequence[ModelSpec] | None, student: ModelSpec, strategy_name: str,
              dataset: dict[str, Any], out_dir: str | Path, settings: TransferSettings | None = None,
              cache: str | Path | None = None, registry: Registry | None = None, before: str | Path | None = None,
-             describe: dict[str, Any] | None = None) -> pl.DataFrame:
+             extra_config: dict[str, Any] | None = None) -> pl.DataFrame:
     """Train ``student`` from ``teacher`` with a strategy; write the run folder; return per-epoch metrics.
 
     ``teacher``: one spec, or several for a strategy with ``multi_teacher`` (parallel transfer: every
     teacher runs on each batch). ``before``: the student's extracted eval logits, reused as the
-    before-transfer evaluation. ``describe``: extra entries for config.json; its ``group`` names the
+    before-transfer evaluation. ``extra_config``: extra entries for config.json; its ``group`` names the
     teachers in the metrics' teacher column.
 
     Folder: ``student.pth`` (weights evaluated), ``eval_before.h5``/``eval_after.h5`` (logits layout),
@@ -204,14 +218,32 @@ def transfer(teacher: ModelSpec | Sequence[ModelSpec] | None, student: ModelSpec
     previous = torch.are_deterministic_algorithms_enabled()
     try:
         return _transfer(as_teachers(teacher), student, strategy_name, dataset, Path(out_dir),
-                         settings or TransferSettings(), cache, registry or get_registry(), before, describe or {})
+                         settings or TransferSettings(), cache, registry or get_registry(), before, extra_config or {})
     finally:  # deterministic mode (on CPU) is for this run only
         torch.use_deterministic_algorithms(previous)
 
 
-def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
-              out: Path, settings: TransferSettings, cache: str | Path | None, registry: Registry,
-              before: str | Path | None, describe: dict[str, Any]) -> pl.DataFrame:
+@dataclass
+class _Run:
+    """What one transfer run trains with, built once by :func:`_set_up`."""
+
+    pair: str  # "teacher(s) -> student [strategy]", for messages
+    strategy: Strategy
+    settings: TransferSettings
+    device: torch.device
+    train: Split
+    evald: Split
+    labels: torch.Tensor  # the transfer set's labels, indexed by position
+    model: Classifier
+    frozen: FrozenLogits
+    opt: torch.optim.Optimizer
+    lr: float
+    cached: bool
+
+
+def _set_up(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
+            settings: TransferSettings, cache: str | Path | None, registry: Registry) -> _Run:
+    """Check the combination, then build data, models and optimiser (seeded: the same every time)."""
     strategy = make_strategy(strategy_name, settings.options, registry)
     names = "+".join(t.slug for t in teachers) or "-"
     pair = f"{names} -> {student.slug} [{strategy_name}]"
@@ -223,7 +255,6 @@ def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str,
     if len(teachers) > 1 and cache:
         raise KtError("the frozen-output cache holds one teacher; run multi-teacher transfer without --cache.")
     check_augment(settings.augment, open_dataset(dataset, registry), "transfer.augment")
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     dev = pick_device(settings.device)
     if dev.type == "cpu":
@@ -234,83 +265,102 @@ def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str,
     teach = [_frozen(prepare(create_model(t, train.classes, registry), dev))
              for t in (teachers if strategy.needs_teacher else [])]
     cached = load_cache(cache, teachers[0], student, train, settings) if cache else None
-    frozen = FrozenLogits(teach, initial, dev, cached)
     lr = settings.learning_rate(strategy)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    config = {"teacher": teachers[0].to_dict() if len(teachers) == 1 else None,
-              "teachers": [t.to_dict() for t in teachers], "student": student.to_dict(),
-              "strategy": strategy_name, "settings": asdict(settings), "lr": lr, "dataset": dataset,
-              "cache": str(cache) if cache else None, "digest": settings.digest()} | describe
+    return _Run(pair, strategy, settings, dev, train, evald, torch.as_tensor(train.labels), model,
+                FrozenLogits(teach, initial, dev, cached), opt, lr, cached is not None)
 
-    state_path = out / "state.pt"
-    history: list[dict[str, Any]] = []
-    start_epoch, step = 0, 0
+
+def _resume_or_evaluate_before(run: _Run, state_path: Path, out: Path, student: ModelSpec, dataset: dict[str, Any],
+                               before: str | Path | None) -> tuple[list[dict[str, Any]], int, int]:
+    """(history, first epoch to train, steps so far): from ``state.pt`` when a killed run left one,
+    else a fresh start whose epoch 0 is the student evaluated before transfer (``eval_before.h5``)."""
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["digest"] != settings.digest() or state["pair"] != pair:
-            raise KtError(f"{state_path} was written with other settings; delete it to restart {pair}.")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        strategy.load_state_dict(state["strategy"])
+        if state["digest"] != run.settings.digest() or state["pair"] != run.pair:
+            raise KtError(f"{state_path} was written with other settings; delete it to restart {run.pair}.")
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.strategy.load_state_dict(state["strategy"])
         torch.set_rng_state(state["rng"])
-        history, start_epoch, step = state["history"], state["epoch"], state["step"]
-        log.info("resuming %s from epoch %d", pair, start_epoch)
-    else:
-        logits = initial_eval(model, evald, settings, dev, before)
-        write_logits(out / "eval_before.h5", logits, evald, logits_attrs(student, model, evald, dataset, logits))
-        history.append(epoch_row(0, 0, [], [], 0.0, logits, evald))
-    strategy.setup(model)
+        log.info("resuming %s from epoch %d", run.pair, state["epoch"])
+        return state["history"], state["epoch"], state["step"]
+    logits = initial_eval(run.model, run.evald, run.settings, run.device, before)
+    attrs = logits_attrs(student, run.model, run.evald, dataset, logits)
+    write_logits(out / "eval_before.h5", logits, run.evald, attrs)
+    return [epoch_row(0, 0, [], [], 0.0, logits, run.evald)], 0, 0
 
-    labels_all = torch.as_tensor(train.labels)
+
+def _train_epoch(run: _Run, epoch: int, step: int) -> tuple[list[float], list[float], int]:
+    """One pass over the transfer set in a seeded order and on the epoch's seeded view: (losses,
+    shares of samples taught by a teacher, steps so far)."""
+    settings, model, strategy = run.settings, run.model, run.strategy
+    gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
+    order = torch.randperm(len(run.train), generator=gen).numpy()
+    view = epoch % settings.cache_views if run.cached else epoch
+    plan = AugmentPlan.make(settings.augment, len(run.train), settings.seed * 1000 + view)
+    model.train()
+    losses, shares = [], []
+    for images, _labels, pos in tqdm(run.train.batches(model.preprocess, settings.batch_size, positions=order),
+                                     desc=f"{run.pair} epoch {epoch + 1}", mininterval=5,
+                                     total=-(-len(run.train) // settings.batch_size)):
+        images = plan.apply(images, pos).to(run.device, non_blocking=True)
+        teacher_logits, initial_logits = run.frozen(images, pos, view)
+        outputs = Outputs(student=None, teachers=teacher_logits, initial=initial_logits,
+                          labels=run.labels[pos].to(run.device))
+        with autocast(run.device):
+            outputs.student = model(view_for(model, images))
+        loss = strategy.loss(outputs)
+        if not torch.isfinite(loss):
+            raise KtError(f"non-finite loss ({loss.item()}) in {run.pair} at epoch {epoch + 1}, step {step + 1}; "
+                          f"lower the learning rate (now {run.lr:g}) or check the models' logits.")
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        step += 1
+        strategy.after_step(model, step)
+        losses.append(loss.item())
+        if strategy.last_mask is not None:
+            shares.append(float(strategy.last_mask.float().mean()))
+    return losses, shares, step
+
+
+def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
+              out: Path, settings: TransferSettings, cache: str | Path | None, registry: Registry,
+              before: str | Path | None, extra_config: dict[str, Any]) -> pl.DataFrame:
+    run = _set_up(teachers, student, strategy_name, dataset, settings, cache, registry)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"teacher": teachers[0].to_dict() if len(teachers) == 1 else None,
+              "teachers": [t.to_dict() for t in teachers], "student": student.to_dict(),
+              "strategy": strategy_name, "settings": asdict(settings), "lr": run.lr, "dataset": dataset,
+              "cache": str(cache) if cache else None, "digest": settings.digest()} | extra_config
+    state_path = out / "state.pt"
+    history, start_epoch, step = _resume_or_evaluate_before(run, state_path, out, student, dataset, before)
+    run.strategy.setup(run.model)
     for epoch in range(start_epoch, settings.epochs):
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        order = torch.randperm(len(train), generator=gen).numpy()
-        view = epoch % settings.cache_views if cache else epoch
-        plan = AugmentPlan.make(settings.augment, len(train), settings.seed * 1000 + view)
-        model.train()
-        losses, shares = [], []
-        for images, _labels, pos in tqdm(train.batches(model.preprocess, settings.batch_size, positions=order),
-                                         desc=f"{pair} epoch {epoch + 1}", mininterval=5,
-                                         total=-(-len(train) // settings.batch_size)):
-            images = plan.apply(images, pos).to(dev, non_blocking=True)
-            teacher_logits, initial_logits = frozen(images, pos, view)
-            outputs = Outputs(student=None, teachers=teacher_logits, initial=initial_logits,
-                              labels=labels_all[pos].to(dev))
-            with autocast(dev):
-                outputs.student = model(view_for(model, images))
-            loss = strategy.loss(outputs)
-            if not torch.isfinite(loss):
-                raise KtError(f"non-finite loss ({loss.item()}) in {pair} at epoch {epoch + 1}, step {step + 1}; "
-                              f"lower the learning rate (now {lr:g}) or check the models' logits.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            strategy.after_step(model, step)
-            losses.append(loss.item())
-            if strategy.last_mask is not None:
-                shares.append(float(strategy.last_mask.float().mean()))
+        losses, shares, step = _train_epoch(run, epoch, step)
         logits = None
         if settings.eval_every and ((epoch + 1) % settings.eval_every == 0) and epoch + 1 < settings.epochs:
-            logits = evaluate(strategy.eval_model(model), evald, settings, dev)
-        history.append(epoch_row(epoch + 1, step, losses, shares, time.perf_counter() - t0, logits, evald))
+            logits = eval_logits(run.strategy.eval_model(run.model), run.evald, settings, run.device)
+        history.append(epoch_row(epoch + 1, step, losses, shares, time.perf_counter() - t0, logits, run.evald))
         evaluated = history[-1]["eval_accuracy"]
-        log.info("%s epoch %d: loss %.4f%s", pair, epoch + 1, history[-1]["train_loss"],
+        log.info("%s epoch %d: loss %.4f%s", run.pair, epoch + 1, history[-1]["train_loss"],
                  "" if evaluated is None else f", eval {evaluated:.2f} %")
-        save_state(state_path, {"digest": settings.digest(), "pair": pair, "model": model.state_dict(),
-                                "optimizer": opt.state_dict(), "strategy": strategy.state_dict(),
+        save_state(state_path, {"digest": settings.digest(), "pair": run.pair, "model": run.model.state_dict(),
+                                "optimizer": run.opt.state_dict(), "strategy": run.strategy.state_dict(),
                                 "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1, "step": step})
 
-    final = strategy.eval_model(model)
-    after = evaluate(final, evald, settings, dev)
-    history[-1]["eval_accuracy"] = accuracy(after, evald)
-    log.info("%s: eval %.2f %% after transfer (%.2f %% before)", pair, history[-1]["eval_accuracy"],
+    final = run.strategy.eval_model(run.model)
+    after = eval_logits(final, run.evald, settings, run.device)
+    history[-1]["eval_accuracy"] = accuracy(after, run.evald)
+    log.info("%s: eval %.2f %% after transfer (%.2f %% before)", run.pair, history[-1]["eval_accuracy"],
              history[0]["eval_accuracy"])
-    label = describe.get("group", names if teachers else None)
+    names = "+".join(t.slug for t in teachers)
+    label = extra_config.get("group", names if teachers else None)
     metrics = epoch_table(history).with_columns(pl.lit(strategy_name).alias("strategy"),
                                                  pl.lit(label).alias("teacher"), pl.lit(student.slug).alias("student"))
-    write_run(out, final, student, after, evald, dataset, config, metrics)
+    write_run(out, final, student, after, run.evald, dataset, config, metrics)
     state_path.unlink(missing_ok=True)
     return metrics
 
@@ -355,8 +405,7 @@ def write_run(out: Path, final: Classifier, student: ModelSpec, after: np.ndarra
 
 def write_record(out: Path, config: dict[str, Any], metrics: pl.DataFrame) -> None:
     """``metrics.parquet``, then ``config.json``, whose presence marks the run folder complete."""
-    with atomic_path(out / "metrics.parquet") as tmp:
-        metrics.write_parquet(tmp)
+    write_table(metrics, out / "metrics.parquet")
     with atomic_path(out / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2))
 

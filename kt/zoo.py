@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from kt.artifacts import atomic_path
 from kt.augment import AugmentPlan
-from kt.data import Split, check_augment, load_split, open_dataset
+from kt.batchnorm import recalibrate_batchnorm
+from kt.data import check_augment, load_split, open_dataset
 from kt.models import ModelSpec, create_model
 from kt.preprocess import normalize
 from kt.registry import Registry
@@ -28,36 +29,18 @@ from kt.registry import Registry
 log = logging.getLogger("kt")
 
 
-def recalibrate_batchnorm(model: torch.nn.Module, data: Split, batch_size: int, gen: torch.Generator,
-                          batches: int = 50) -> None:
-    """Re-estimate batch-norm statistics on the final weights (cumulative average, no augmentation).
-
-    Short schedules move the weights faster than the running averages follow (torchvision's
-    MobileNetV3 uses momentum 0.01), which can ruin eval-mode accuracy; this fixes it for free.
-    """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    order = torch.randperm(len(data), generator=gen).numpy()[: batches * batch_size]
-    model.train()
-    with torch.no_grad():
-        for images, _labels, _pos in data.batches(model.preprocess, batch_size, positions=order):
-            model(normalize(images, model.preprocess))
-    model.eval()
+WEIGHT_DECAY = 0.05  # AdamW's for every zoo model (not a config key)
 
 
-def train_zoo_model(spec: ModelSpec, dataset: dict[str, Any], out: str | Path, epochs: int = 1,
-                    lr: float = 2e-3, batch_size: int = 128, augmentation: str = "none", seed: int = 0,
-                    weight_decay: float = 0.05, registry: Registry | None = None) -> dict[str, Any]:
+def train_zoo_model(spec: ModelSpec, dataset: dict[str, Any], out: str | Path, *, epochs: int, lr: float,
+                    batch_size: int, augmentation: str, seed: int,
+                    registry: Registry | None = None) -> dict[str, Any]:
     """Train ``spec`` from scratch on the train split (AdamW, warm-up + cosine) and save its state dict."""
     torch.manual_seed(seed)
     check_augment(augmentation, open_dataset(dataset, registry), "zoo.models[].augment")
     data = load_split(dataset, "train", registry)
     model = create_model(replace(spec, weights=None, pretrained=False), data.classes, registry).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
     steps = epochs * math.ceil(len(data) / batch_size)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kt
-from kt.artifacts import describe, summarize_artifact
+from kt.artifacts import artifact_info, summarize_artifact
 from kt.data import TensorSplit
 from kt.extract import extract
 from kt.models import ModelSource, ModelSpec
@@ -165,7 +165,7 @@ def test_inspect_json_keeps_the_full_description(kt_cli, logits_file) -> None:
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert set(info) == {"file", "datasets", "attrs", "top1_recomputed"}
-    assert info == json.loads(json.dumps(describe(path), default=str))
+    assert info == json.loads(json.dumps(artifact_info(path), default=str))
     assert info["datasets"]["logits"]["shape"] == [30, 10]
     assert info["attrs"]["model_id"] == "timm:resnet18"
     assert info["top1_recomputed"] == pytest.approx(attrs["accuracy"], abs=1e-4)
@@ -176,7 +176,7 @@ def test_inspect_separates_several_files_by_a_blank_line(kt_cli, logits_file) ->
     result = kt_cli("inspect", str(path), str(path))
     assert result.returncode == 0, result.stderr
     first, second = result.stdout.split("\n\n")
-    assert first.strip() == second.strip() == summarize_artifact(describe(path))
+    assert first.strip() == second.strip() == summarize_artifact(artifact_info(path))
 
 
 def test_summary_skips_absent_attrs_and_reads_a_frozen_cache_kind() -> None:

@@ -18,7 +18,6 @@ from kt.artifacts import FORMAT_VERSION
 from kt.complementarity import (
     COLUMNS,
     complementarity,
-    correctness_matrix,
     flip_stats,
     load_predictions,
     naive_pair,
@@ -27,6 +26,12 @@ from kt.complementarity import (
     write_complementarity,
 )
 from kt.errors import KtError
+
+
+def correctness_matrix(files):
+    """(names, correct, labels, accuracies) of eval logits files, through the step's own loader."""
+    p = load_predictions(files)
+    return p.names, p.correct, p.labels, p.accuracies
 
 # Hand-made case: 10 samples, 3 classes, 4 models (D predicts exactly like A).
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
@@ -124,7 +129,9 @@ def test_hand_made_flips_entropy_top_p() -> None:
         assert row["student_acc"] == pytest.approx(ACC[s])
         assert row["acc_diff"] == pytest.approx(ACC[t] - ACC[s])
         assert row["forecast_dp"] is None and row["forecast_dp_unsup"] is None
-    assert H_211 == pytest.approx(1.5 * math.log(2))
+    # the worked entropy, in a closed form independent of H_211's formula: flips [2, 1, 1] of A over B
+    a_over_b = table.filter((pl.col("teacher") == "A") & (pl.col("student") == "B"))
+    assert a_over_b["pos_flip_entropy"].item() == pytest.approx(1.5 * math.log(2), rel=1e-12)
 
 
 def test_hand_made_per_class_counts_in_hdf5(tmp_path: Path) -> None:

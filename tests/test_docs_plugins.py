@@ -87,7 +87,7 @@ def test_the_page_has_one_example_per_hook() -> None:
 
 def test_all_examples_load_together_and_kt_plugins_shows_them() -> None:
     registry = registry_of(*HOOKS)
-    records = {r["name"]: r for r in registry.describe()}
+    records = {r["name"]: r for r in registry.plugin_records()}
     assert records["docs_example_model_source"]["registered"] == {"model_sources": ["linear"]}
     assert records["docs_example_model_source"]["origin"] == "registered in code"
     assert records["docs_example_dataset"]["registered"] == {"datasets": ["colours"]}
@@ -144,7 +144,7 @@ def test_model_source_is_deterministic_and_loads_its_own_weight_files(sources: R
     x = torch.rand(3, 3, 8, 8)
     assert torch.equal(loaded(x), other(x)) and not torch.equal(first(x), other(x))
 
-    with pytest.raises(KtError, match=r"mlp.pth does not fit linear:flat"):
+    with pytest.raises(KtError, match=r"mlp\.pth does not fit linear:flat"):
         create_model({"id": "linear:flat", "weights": str(path)}, ["a", "b"], sources)
 
 

@@ -25,7 +25,7 @@ def test_the_folder_registers_kl_correct_with_its_options(registry: Registry) ->
     assert registry.failures == []
     assert "kl_correct" in registry.names("strategies")
     assert registry.options("strategies", "kl_correct") == {"temperature": 1.0, "lr": None}
-    record = next(r for r in registry.describe() if r["name"] == "kt_local_kl_correct")
+    record = next(r for r in registry.plugin_records() if r["name"] == "kt_local_kl_correct")
     assert record["origin"] == str(REPO / "plugins" / "kl_correct.py")
     assert record["registered"] == {"strategies": ["kl_correct"]}
     assert record["options"] == {"strategies": {"kl_correct": {"temperature": 1.0, "lr": None}}}

@@ -53,7 +53,7 @@ def registry() -> Registry:
 
 
 def _record(reg: Registry, name: str) -> dict:
-    records = {r["name"]: r for r in reg.describe()}
+    records = {r["name"]: r for r in reg.plugin_records()}
     assert name in records, sorted(records)
     return records[name]
 
@@ -62,7 +62,7 @@ def test_builtin_plugins_register_the_builtin_names() -> None:
     reg = Registry()
     assert reg.names("model_sources") == ["open_clip", "timm", "torchvision"]
     assert {"fashion_mnist", "imagefolder"} <= set(reg.names("datasets"))
-    records = {r["name"]: r for r in reg.describe()}
+    records = {r["name"]: r for r in reg.plugin_records()}
     for name in BUILTIN_PLUGINS:
         assert records[name]["origin"] == "builtin"
     assert records["kt.plugins.timm_source"]["registered"] == {"model_sources": ["timm"]}
@@ -70,7 +70,7 @@ def test_builtin_plugins_register_the_builtin_names() -> None:
     assert records["kt.plugins.datasets"]["registered"] == {"datasets": ["fashion_mnist", "imagefolder"]}
 
 
-def test_code_plugin_appears_in_describe_and_builds_models(registry: Registry) -> None:
+def test_code_plugin_appears_in_the_records_and_builds_models(registry: Registry) -> None:
     record = _record(registry, "FakePlugin-0")
     assert record["origin"] == "registered in code"
     assert record["hooks"] == ["register_model_sources", "register_strategies"]
@@ -93,7 +93,7 @@ def test_code_plugin_appears_in_describe_and_builds_models(registry: Registry) -
 
 
 def test_code_plugin_model_source_validates_its_names(registry: Registry) -> None:
-    with pytest.raises(KtError, match="fake has no model 'anythin'. Did you mean: anything?"):
+    with pytest.raises(KtError, match=r"fake has no model 'anythin'\. Did you mean: anything\?"):
         create_model("fake:anythin", registry=registry)
     with pytest.raises(KtError, match="predicts 7 classes but the dataset has 2"):
         create_model({"id": "fake:other", "num_classes": 7}, classes=["a", "b"], registry=registry)
@@ -284,8 +284,8 @@ def test_a_hook_with_a_wrong_signature_or_that_raises_is_a_named_failure(tmp_pat
     assert "reg" in failures["kt_local_bad_signature"]
     assert failures["kt_local_raises"] == "register_strategies raised RuntimeError: no GPU driver"
     assert "half_done" not in reg.names("datasets") and "ones" in reg.names("datasets")
-    assert [r["name"] for r in reg.describe()][:5] == list(BUILTIN_PLUGINS)  # load order, failures last
-    assert [r["status"] for r in reg.describe()][-2:] == ["failed", "failed"]
+    assert [r["name"] for r in reg.plugin_records()][:5] == list(BUILTIN_PLUGINS)  # load order, failures last
+    assert [r["status"] for r in reg.plugin_records()][-2:] == ["failed", "failed"]
 
 
 def test_two_folders_with_a_file_of_the_same_name_both_load(tmp_path: Path) -> None:
@@ -366,16 +366,16 @@ def test_unknown_dataset_and_strategy_names_suggest_close_matches(registry: Regi
     assert "unknown dataset 'fashion-mnist'. Did you mean: fashion_mnist?" in str(err.value)
     assert "Known: fashion_mnist, imagefolder." in str(err.value)
 
-    with pytest.raises(KtError, match="unknown strategy 'fake_strategi'. Did you mean: fake_strategy?"):
+    with pytest.raises(KtError, match=r"unknown strategy 'fake_strategi'\. Did you mean: fake_strategy\?"):
         registry.get("strategies", "fake_strategi")
-    with pytest.raises(KtError, match="unknown model source 'torchvison'. Did you mean: torchvision?"):
+    with pytest.raises(KtError, match=r"unknown model source 'torchvison'\. Did you mean: torchvision\?"):
         registry.get("model_sources", "torchvison")
 
 
 def test_bad_split_and_missing_dataset_name(registry: Registry) -> None:
     with pytest.raises(KtError, match="unknown split 'test'; use one of train, eval"):
         load_split({"name": "fashion_mnist"}, "test", registry=registry)
-    with pytest.raises(KtError, match="dataset.name is missing"):
+    with pytest.raises(KtError, match=r"dataset\.name is missing"):
         load_split({"subset": {"eval": 10}}, "eval", registry=registry)
 
 

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -125,7 +126,7 @@ def test_random_malformed_configs_never_raise_anything_but_a_clear_error() -> No
             check(config)
             outcomes["ok"] += 1
         except KtError as e:
-            assert str(e) and "Traceback" not in str(e)
+            assert "config" in str(e), str(e)  # it points at the config (a key, a model entry), not elsewhere
             outcomes["error"] += 1
     assert outcomes["error"] > 150  # most mutations are mistakes, and each one was explained
 
@@ -143,7 +144,7 @@ def test_truncated_hdf5_is_named(tmp_path: Path) -> None:
     path = tmp_path / "model.h5"
     _write_logits(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(KtError, match=f"{path}.*(truncated|corrupt)"):
+    with pytest.raises(KtError, match=re.escape(str(path)) + ".*(truncated|corrupt)"):
         read_logits(path)
     done = subprocess.run([sys.executable, "-m", "kt", "inspect", str(path)], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("kt: error:") and "Traceback" not in done.stderr
@@ -240,7 +241,7 @@ def test_image_folder_mistakes_are_named(tmp_path: Path) -> None:
     root = _image_folder(tmp_path / "ok", corrupt=True)
     split = load_split({"name": "imagefolder", "root": str(root)}, "eval")
     assert len(split) == 5 and split.classes == ["cat", "dog"]
-    with pytest.raises(KtError, match="broken.jpg"):
+    with pytest.raises(KtError, match=r"broken\.jpg"):
         list(split.batches(Preprocessing(size=8), batch_size=8))
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from kt.artifacts import write_table
 from kt.errors import KtError
-from kt.select import select_pairs, top_teachers, write_pairs
+from kt.select import select_pairs, top_teachers
 
 # Models a (80.0 %), b (80.5 %), c (85.0 %); one row per ordered pair plus a self-pair row that must
 # never be selected. bins with the default margin of 1 point: |acc_diff| <= 1 is "similar".
@@ -140,9 +141,9 @@ def test_errors_name_the_key_and_known_values(table: pl.DataFrame, policy: dict,
         assert word in message
 
 
-def test_write_pairs(table: pl.DataFrame, tmp_path: Path) -> None:
+def test_write_selected_pairs(table: pl.DataFrame, tmp_path: Path) -> None:
     out = select_pairs(table, {"policy": "top", "k": 1})
-    write_pairs(out, tmp_path / "results" / "pairs.parquet")
+    write_table(out, tmp_path / "results" / "pairs.parquet")
     assert pl.read_parquet(tmp_path / "results" / "pairs.parquet").equals(out)
     assert [p.name for p in (tmp_path / "results").iterdir()] == ["pairs.parquet"]
 

@@ -84,7 +84,7 @@ def test_kl_div_temperature_scales_by_t_squared(temperature: float) -> None:
 
 def test_kl_strategy_is_the_batch_mean_of_kl_to_the_teacher() -> None:
     strategy = KL()
-    assert strategy.needs_teacher and not strategy.needs_initial and not strategy.needs_labels
+    assert strategy.needs_teacher and not strategy.needs_initial
     loss = strategy.loss(Outputs(student=t(STUDENT), teacher=t(TEACHER)))
     assert loss.ndim == 0
     assert close(loss, sum(kl(TEACHER[i], STUDENT[i]) for i in range(3)) / 3)
@@ -96,7 +96,7 @@ def test_kl_strategy_is_the_batch_mean_of_kl_to_the_teacher() -> None:
 def test_xekl_is_half_kl_plus_half_cross_entropy_on_logits() -> None:
     labels = [2, 0, 1]
     strategy = XEKL()
-    assert strategy.alpha == 0.5 and strategy.needs_labels and strategy.needs_teacher
+    assert strategy.alpha == 0.5 and strategy.needs_teacher
     loss = strategy.loss(Outputs(student=t(STUDENT), teacher=t(TEACHER), labels=torch.tensor(labels)))
     kl_mean = sum(kl(TEACHER[i], STUDENT[i]) for i in range(3)) / 3
     ce_mean = sum(xent(STUDENT[i], labels[i]) for i in range(3)) / 3
@@ -156,7 +156,7 @@ def test_kl_dp_is_pure_kl_to_the_selected_target() -> None:
     mask = [softmax(tr)[y] > softmax(ir)[y] for tr, ir, y in DP_ROWS]
     targets = [tr if m else ir for (tr, ir, _), m in zip(DP_ROWS, mask, strict=True)]
     strategy = KLDP()
-    assert strategy.needs_teacher and strategy.needs_initial and strategy.needs_labels
+    assert strategy.needs_teacher and strategy.needs_initial
 
     # a student equal to the selected target on every sample has loss 0, although its cross-entropy on the
     # labels is far from 0: there is no cross-entropy term
@@ -202,7 +202,7 @@ def test_kl_dp_unsup_ignores_labels() -> None:
     factory = Registry().get("strategies", "kl_dp_unsup")
     strategy = factory()
     assert isinstance(strategy, KLDP) and not strategy.supervised
-    assert strategy.needs_initial and not strategy.needs_labels
+    assert strategy.needs_initial
     teacher, initial, labels = dp_columns(DP_ROWS)
     student = [[0.2, -0.3, 1.1], [1.0, 0.0, 0.0], [0.0, 2.0, -1.0], [0.3, 0.3, 0.3], [-1.0, 0.5, 2.0],
                [2.5, 0.0, 1.0]]
@@ -224,7 +224,7 @@ def test_kl_dp_unsup_ignores_labels() -> None:
 def test_xekl_mcl_defaults() -> None:
     s = XEKLMCL()
     assert (s.alpha, s.tau, s.every, s.lr) == (0.68, 0.9999, 2, 1e-2)
-    assert s.needs_teacher and s.needs_labels and not s.needs_initial
+    assert s.needs_teacher and not s.needs_initial
 
 
 def test_xekl_mcl_skips_kl_exactly_on_negative_flips() -> None:

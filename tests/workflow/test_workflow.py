@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import torch
 
-from kt.artifacts import describe, read_logits
+from kt.artifacts import artifact_info, read_logits
 from kt.metrics import run_metrics
 
 pytestmark = pytest.mark.workflow
@@ -60,7 +60,7 @@ def test_complementarity_table_recomputes_from_logits(run: Path) -> None:
         assert row["pos_flips"] == pytest.approx(100 * (right_t & ~right_s).mean())
         assert row["neg_flips"] == pytest.approx(100 * (~right_t & right_s).mean())
         assert row["teacher_acc"] == pytest.approx(t.accuracy)
-    assert describe(run / "complementarity" / "per_class.h5")["datasets"]
+    assert artifact_info(run / "complementarity" / "per_class.h5")["datasets"]
     assert (run / "figures" / "flip_heatmap.png").stat().st_size > 1000
 
 

@@ -4,6 +4,7 @@ import json
 import re
 import shlex
 import sys
+from dataclasses import fields
 
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
@@ -12,8 +13,10 @@ from kt.config import check as check_config
 from kt.config import group_name, plugin_folders
 from kt.config import validate as validate_config
 from kt.errors import KtError
+from kt.multi import RUN_MODES, SOUP
 from kt.registry import get_registry
 from kt.select import top_teachers
+from kt.transfer import TransferSettings
 
 
 try:
@@ -52,8 +55,8 @@ RUN_OUTPUT = dict(
     metrics=f"{RUN}/metrics.parquet",
     config=f"{RUN}/config.json",
 )
-SETTINGS_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "augment", "seed", "eval_every",
-                 "cache_views")
+# The transfer keys that are TransferSettings fields (options go per strategy, device is top-level).
+SETTINGS_KEYS = [f.name for f in fields(TransferSettings) if f.name in config["transfer"] and f.name != "options"]
 
 
 def one_of(names):
@@ -74,25 +77,31 @@ def as_arg(value):
     return shlex.quote(json.dumps(value, sort_keys=True))
 
 
-def model_arg(wildcards):
-    return as_arg(MODELS[wildcards.model].to_dict())
+def zoo_weights(model):
+    """A zoo model's checkpoint (so later steps wait for its training); nothing for other models."""
+    return [MODELS[model].weights] if model in ZOO else []
+
+
+def weights_of(role):
+    """Input function: the zoo checkpoint of the model in wildcard ``role`` (model, teacher, student)."""
+
+    def files(wildcards):
+        return zoo_weights(getattr(wildcards, role))
+
+    return files
+
+
+def spec_of(role):
+    """Param function: the JSON spec of the model in wildcard ``role``."""
+
+    def param(wildcards):
+        return as_arg(MODELS[getattr(wildcards, role)].to_dict())
+
+    return param
 
 
 def run_dir(wildcards):
     return RUN.format(**wildcards)
-
-
-def weights_of(model):
-    """A zoo model's checkpoint (so later steps wait for training); nothing for other models."""
-    return [MODELS[model].weights] if model in ZOO else []
-
-
-def model_weights(wildcards):
-    return weights_of(wildcards.model)
-
-
-def spec_arg(model):
-    return as_arg(MODELS[model].to_dict())
 
 
 def settings_arg(strategy):
@@ -103,10 +112,18 @@ def settings_arg(strategy):
     return as_arg(settings)
 
 
+def strategy_settings(wildcards):
+    return settings_arg(wildcards.strategy)
+
+
 def frozen_cache(wildcards):
     if config["transfer"]["cache_views"] > 0:
         return f"{RESULTS}/transfer/cache/{wildcards.teacher}__{wildcards.student}.h5"
     return []
+
+
+def cache_option(wildcards, input):
+    return f"--cache {input.cache}" if input.cache else ""
 
 
 def selected_pairs():
@@ -133,6 +150,28 @@ def member_runs(group, name=""):
     """The single-teacher runs (multi_teacher.strategy) of a group's teachers into its student."""
     student = GROUPS[group]["student"]
     return [f"{RESULTS}/transfer/{MULTI['strategy']}/{t}__{student}/{name}" for t in group_teachers(group)]
+
+
+def member_files(name):
+    """Input function: file ``name`` of each member run of the group in wildcard ``teacher``."""
+
+    def files(wildcards):
+        return member_runs(wildcards.teacher, name)
+
+    return files
+
+
+def member_dirs(wildcards):
+    return " ".join(member_runs(wildcards.teacher))
+
+
+def group_weights(wildcards):
+    """The zoo checkpoints of a group's teachers."""
+    return [f for t in group_teachers(wildcards.teacher) for f in zoo_weights(t)]
+
+
+def group_specs(wildcards):
+    return " ".join(as_arg(MODELS[t].to_dict()) for t in group_teachers(wildcards.teacher))
 
 
 def run_files(name):
@@ -166,6 +205,15 @@ def dataset_arg(wildcards=None):
 def zoo_dataset_arg(wildcards=None):
     subset = {"train": config["zoo"]["train_subset"]}
     return as_arg({**config["dataset"], "subset": subset})
+
+
+def zoo_setting(key):
+    """Param function: one training setting of the zoo model in wildcard ``zoo_model``."""
+
+    def param(wildcards):
+        return ZOO[wildcards.zoo_model][key]
+
+    return param
 
 
 def zoo_model_arg(wildcards):

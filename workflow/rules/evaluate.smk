@@ -31,7 +31,7 @@ rule summarize:
     input:
         metrics=run_files("transfer_metrics.parquet"),
         epochs=run_files("metrics.parquet"),
-        pairs=f"{RESULTS}/pairs.parquet",
+        pairs=rules.select_pairs.output.pairs,
     output:
         table=f"{RESULTS}/summary.parquet",
         overview=f"{RESULTS}/report/overview.csv",
@@ -44,7 +44,7 @@ rule summarize:
         ),
     params:
         kt=KT,
-        similar_within=config["select"].get("similar_within", 1.0),
+        similar_within=config["select"]["similar_within"],
     log:
         f"{RESULTS}/logs/summarize.log",
     benchmark:

@@ -3,12 +3,12 @@
 
 rule extract:
     input:
-        weights=model_weights,
+        weights=weights_of("model"),
     output:
         logits=f"{RESULTS}/logits/{{split}}/{{model}}.h5",
     params:
         kt=KT,
-        model=model_arg,
+        model=spec_of("model"),
         dataset=dataset_arg,
         batch_size=config["extract"]["batch_size"],
         workers=config["extract"]["workers"],

@@ -4,19 +4,19 @@
 
 rule multi_transfer:
     wildcard_constraints:
-        strategy="sequential|parallel",
+        strategy=one_of(RUN_MODES),
         teacher=one_of(GROUPS),
     input:
-        teachers=lambda w: [f for t in group_teachers(w.teacher) for f in weights_of(t)],
-        student=lambda w: weights_of(w.student),
+        teachers=group_weights,
+        student=weights_of("student"),
         teacher_logits=teacher_logits,
         extracted=f"{RESULTS}/logits/eval/{{student}}.h5",
     output:
         **RUN_OUTPUT,
     params:
         kt=KT,
-        teachers=lambda w: " ".join(spec_arg(t) for t in group_teachers(w.teacher)),
-        student=lambda w: spec_arg(w.student),
+        teachers=group_specs,
+        student=spec_of("student"),
         dataset=dataset_arg,
         settings=settings_arg(MULTI["strategy"]),
         strategy=MULTI["strategy"],
@@ -42,16 +42,16 @@ rule multi_transfer:
 
 rule soup:
     wildcard_constraints:
-        strategy="soup",
+        strategy=SOUP,
         teacher=one_of(GROUPS),
     input:
-        members=lambda w: member_runs(w.teacher, "student.pth"),
-        configs=lambda w: member_runs(w.teacher, "config.json"),
+        members=member_files("student.pth"),
+        configs=member_files("config.json"),
     output:
         **RUN_OUTPUT,
     params:
         kt=KT,
-        members=lambda w: " ".join(member_runs(w.teacher)),
+        members=member_dirs,
         dataset=dataset_arg,
         settings=settings_arg(MULTI["strategy"]),
         batchnorm=MULTI["soup_batchnorm"],

@@ -3,16 +3,16 @@
 
 rule cache_frozen:
     input:
-        teacher=lambda w: weights_of(w.teacher),
-        student=lambda w: weights_of(w.student),
+        teacher=weights_of("teacher"),
+        student=weights_of("student"),
     output:
         cache=f"{RESULTS}/transfer/cache/{{teacher}}__{{student}}.h5",
     params:
         kt=KT,
-        teacher=lambda w: spec_arg(w.teacher),
-        student=lambda w: spec_arg(w.student),
+        teacher=spec_of("teacher"),
+        student=spec_of("student"),
         dataset=dataset_arg,
-        settings=lambda w: settings_arg(None),
+        settings=settings_arg(None),
     log:
         f"{RESULTS}/logs/cache/{{teacher}}__{{student}}.log",
     benchmark:
@@ -34,19 +34,19 @@ rule transfer:
         strategy=one_of(dict.fromkeys([*STRATEGIES, MULTI["strategy"]])),
         teacher=one_of(MODELS),
     input:
-        teacher=lambda w: weights_of(w.teacher),
-        student=lambda w: weights_of(w.student),
+        teacher=weights_of("teacher"),
+        student=weights_of("student"),
         cache=frozen_cache,
         extracted=f"{RESULTS}/logits/eval/{{student}}.h5",
     output:
         **RUN_OUTPUT,
     params:
         kt=KT,
-        teacher=lambda w: spec_arg(w.teacher),
-        student=lambda w: spec_arg(w.student),
+        teacher=spec_of("teacher"),
+        student=spec_of("student"),
         dataset=dataset_arg,
-        settings=lambda w: settings_arg(w.strategy),
-        cache=lambda w, input: f"--cache {input.cache}" if input.cache else "",
+        settings=strategy_settings,
+        cache=cache_option,
         run_dir=run_dir,
     log:
         f"{RESULTS}/logs/transfer/{{strategy}}/{{teacher}}__{{student}}.log",
