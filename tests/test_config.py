@@ -4,6 +4,7 @@ misspelling a user or a plugin writer can make fails ``snakemake -n`` with its k
 from __future__ import annotations
 
 import copy
+import random
 import subprocess
 import sys
 import textwrap
@@ -158,3 +159,117 @@ def test_the_workflows_plugin_folder_is_found_beside_the_snakefile(tmp_path: Pat
     registry = Registry(plugin_dirs=tuple(folders))
     assert "kl_correct" in registry.names("strategies")
     check(config_with(lambda c: c["transfer"].update(strategies=["kl_correct"])), registry)  # no error
+
+
+# ----------------------------------------------------------------- schema and name checks
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda c: c.update(transfr={}), ["transfr", "Did you mean: transfer"]),
+    (lambda c: c["transfer"].update(epochs="two"), ["transfer.epochs", "not of type 'integer'"]),
+    (lambda c: c["zoo"]["models"][0].update(id="timm:resnet1B"), ["resnet_a", "resnet18"]),
+    (lambda c: c["transfer"].update(strategies=["kl_db"]), ["transfer.strategies[0]", "kl_dp"]),
+    (lambda c: c["select"].update(policy="best"), ["select.policy", "'best' is not one of"]),
+    (lambda c: c["dataset"].update(name="fashion_mnst"), ["unknown dataset 'fashion_mnst'", "fashion_mnist"]),
+])
+def test_config_mistakes_fail_the_dry_run_naming_the_key(tmp_path: Path, change, expected: list[str]) -> None:
+    config = copy.deepcopy(DEFAULT)
+    change(config)
+    done = dry_run(config=config, tmp_path=tmp_path)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    for text in expected:
+        assert text in output, output[-2000:]
+    assert "Traceback" not in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_too_few_models_is_explained() -> None:
+    config = copy.deepcopy(DEFAULT)
+    config["zoo"]["models"] = config["zoo"]["models"][:1]
+    with pytest.raises(KtError, match="fewer than two models"):
+        check(config)
+
+
+@pytest.mark.parametrize(("multi", "message"), [
+    ({"groups": [{"student": "resnet_a", "teachers": ["vit", "convnxt"]}]}, r"unknown model.*convnxt.*convnext"),
+    ({"groups": [{"student": "resnet_a", "teachers": ["vit", "resnet_a"]}]}, "holds the student"),
+    ({"groups": [{"student": "resnet_a", "top": 2, "teachers": ["vit", "convnext"]}]}, "not both or neither"),
+    ({"groups": [{"student": "resnet_a", "top": 9}]}, "only 5 models besides the student"),
+    ({"groups": [{"student": "resnet_a", "top": 2}, {"student": "vit", "top": 2}]}, "'top2' is used twice"),
+    ({"groups": [{"student": "resnet_a", "top": 2, "name": "vit"}]}, "is a model's name"),
+    ({"strategy": "kl", "groups": [{"student": "resnet_a", "top": 2}]}, "mode 'parallel' cannot use it"),
+    ({"strategy": "kl_dpp", "groups": [{"student": "resnet_a", "top": 2}]}, "multi_teacher.strategy.*kl_dp"),
+])
+def test_multi_teacher_group_mistakes_are_named(multi: dict, message: str) -> None:
+    config = copy.deepcopy(DEFAULT)
+    config["multi_teacher"] = multi
+    validate(config, SCHEMA)
+    with pytest.raises(KtError, match=message):
+        check(config)
+
+
+def test_multi_teacher_schema_names_the_key() -> None:
+    config = copy.deepcopy(DEFAULT)
+    config["multi_teacher"]["groups"][0]["teacher"] = ["vit"]
+    with pytest.raises(KtError, match=r"multi_teacher\.groups\.0.*unknown key\(s\) \['teacher'\].*teachers"):
+        validate(config, SCHEMA)
+
+
+def _mutations(rng: random.Random, config: dict) -> dict:
+    """A random malformed variant of the default config: wrong types, unknown keys and names."""
+    config = copy.deepcopy(config)
+    junk = [None, 0, -3, 2.5, "x", "timm:nope", [], {}, ["kl", 1], {"a": 1}, True]
+    for _ in range(rng.randint(1, 4)):
+        node, path = config, []
+        while isinstance(node, dict | list) and node and rng.random() < 0.7:
+            key = rng.choice(list(node)) if isinstance(node, dict) else rng.randrange(len(node))
+            if not isinstance(node[key], dict | list):
+                break
+            node, path = node[key], [*path, key]
+        action = rng.choice(["set", "delete", "add"])
+        if isinstance(node, dict) and node:
+            key = rng.choice(list(node))
+            if action == "delete":
+                del node[key]
+            elif action == "add":
+                node[f"{key}_typo"] = rng.choice(junk)
+            else:
+                node[key] = rng.choice(junk)
+        elif isinstance(node, list) and node:
+            node[rng.randrange(len(node))] = rng.choice(junk)
+    return config
+
+
+def test_random_malformed_configs_never_raise_anything_but_a_clear_error() -> None:
+    rng = random.Random(1234)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(300):
+        config = _mutations(rng, DEFAULT)
+        try:
+            validate(config, SCHEMA)
+            check(config)
+            outcomes["ok"] += 1
+        except KtError as e:
+            assert "config" in str(e), str(e)  # it points at the config (a key, a model entry), not elsewhere
+            outcomes["error"] += 1
+    assert outcomes["error"] > 150  # most mutations are mistakes, and each one was explained
+
+
+def test_validation_fills_defaults_in_nested_objects_and_list_items() -> None:
+    config = {"zoo": {"models": [{"name": "m", "id": "timm:resnet18"}]}}
+    validate(config, SCHEMA)
+    assert config["zoo"]["models"][0] == {"name": "m", "id": "timm:resnet18", "args": {}, "epochs": 1,
+                                          "lr": 0.002, "augment": "none", "seed": 0}
+    assert config["dataset"] == {"name": "fashion_mnist", "seed": 0, "subset": {}}
+    assert config["transfer"]["strategies"] == ["kl", "kl_dp"] and config["transfer"]["cache_views"] == 0
+
+
+def test_a_student_as_its_own_only_teacher_or_an_unknown_selected_model_is_caught_early() -> None:
+    config = copy.deepcopy(DEFAULT)
+    config["select"] = {"policy": "grid", "teachers": ["vit"], "students": ["vit"]}
+    with pytest.raises(KtError, match="select.*never its own teacher"):
+        check(config)
+    config["select"] = {"policy": "grid", "teachers": ["vitt"], "students": ["vit"]}
+    with pytest.raises(KtError, match=r"select.teachers: unknown model\(s\) \['vitt'\]. Did you mean: vit"):
+        check(config)
