@@ -3,6 +3,7 @@ the workflow loads it: as a plugin folder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     return Registry(plugin_dirs=(str(REPO / "plugins"),), entry_points=False)
+
+
+def test_kt_plugins_lists_the_example_by_default_from_the_repository_root(kt_cli) -> None:
+    """No --plugin-dir: kt run from the repository root loads ./plugins, as the workflow does."""
+    result = kt_cli("plugins")  # cwd: the repository root
+    assert result.returncode == 0, result.stderr
+    records = {r["name"]: r for r in json.loads(result.stdout)}
+    assert records["kt_local_kl_correct"]["registered"] == {"strategies": ["kl_correct"]}
+    assert records["kt_local_kl_correct"]["options"] == {"strategies": {"kl_correct": {"temperature": 1.0,
+                                                                                       "lr": None}}}
 
 
 def test_the_folder_registers_kl_correct_with_its_options(registry: Registry) -> None:
