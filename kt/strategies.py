@@ -53,12 +53,6 @@ def most_confident(candidates: torch.Tensor, labels: torch.Tensor | None) -> tor
     return conf.argmax(0)  # argmax returns the first of equal maxima
 
 
-def dp_mask(teacher: torch.Tensor, initial: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """True where the teacher is the target: it is strictly more confident than the frozen initial
-    student (see :func:`most_confident`; ties go to the initial student)."""
-    return most_confident(torch.stack([initial, teacher]), labels) == 1
-
-
 @dataclass
 class Strategy:
     """Base class; subclasses implement :meth:`loss`. Fields are settable from the config."""

@@ -13,9 +13,15 @@ import torch
 from torch import nn
 
 from kt.registry import Registry
-from kt.strategies import KL, KLDP, XEKL, XEKLMCL, Outputs, dp_mask, kl_div
+from kt.strategies import KL, KLDP, XEKL, XEKLMCL, Outputs, kl_div, most_confident
 
 # ---------------------------------------------------------------------------------------------- hand arithmetic
+
+
+def dp_mask(teacher: torch.Tensor, initial: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """KL+DP's partition for one teacher, through the loss's own building block: True where the
+    teacher is strictly more confident than the frozen initial student (ties go to the student)."""
+    return most_confident(torch.stack([initial, teacher]), labels) == 1
 
 
 def softmax(row: list[float], t: float = 1.0) -> list[float]:
