@@ -242,13 +242,16 @@ def cmd_select(args: argparse.Namespace) -> None:
 @command(arg("--run", required=True, help="transfer run folder"),
          arg("--teacher-logits", nargs="*", default=[],
              help="the teacher's eval logits file (several for a group: a sample is known if any is right)"),
-         *(arg(f"--{key}", required=True) for key in ("strategy", "teacher", "student", "out")))
+         *(arg(f"--{key}", required=True) for key in ("strategy", "teacher", "student", "out")),
+         arg("--alpha", type=float, default=schema()["properties"]["alpha"]["default"],
+             help="significance level of the McNemar test"))
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Metrics of one transfer run (long-format parquet): delta, gain, loss, residual flips, ..."""
     from kt.artifacts import write_table
     from kt.metrics import run_table
 
-    write_table(run_table(args.run, args.teacher_logits, args.strategy, args.teacher, args.student), args.out)
+    write_table(run_table(args.run, args.teacher_logits, args.strategy, args.teacher, args.student, args.alpha),
+                args.out)
 
 
 @command(arg("--metrics", nargs="+", required=True, help="per-run metrics files"),

@@ -19,9 +19,12 @@ import polars as pl
 from kt.artifacts import check_same_samples, read_logits, write_table
 from kt.complementarity import TOP_P
 from kt.errors import KtError
+from kt.schema import schema
 from kt.select import SIMILAR_WITHIN, bin_expr
+from kt.stats import delta_ci, mcnemar_p
 
 SAME_RUN_FIX = "rerun both steps on the same dataset config."
+ALPHA = schema()["properties"]["alpha"]["default"]
 
 
 def top_classes(pos_per_class: np.ndarray, p: float) -> np.ndarray:
@@ -35,7 +38,7 @@ def top_classes(pos_per_class: np.ndarray, p: float) -> np.ndarray:
 
 
 def run_metrics(before: np.ndarray, after: np.ndarray, teacher: np.ndarray, labels: np.ndarray,
-                num_classes: int) -> dict[str, float]:
+                num_classes: int, alpha: float = ALPHA) -> dict[str, float]:
     """Metrics of one transfer from predictions (class indices) on the evaluation set.
 
     ``teacher``: one teacher's predictions (N,), or a group's (K, N). A group knows a sample when any
@@ -60,13 +63,18 @@ def run_metrics(before: np.ndarray, after: np.ndarray, teacher: np.ndarray, labe
     for p in TOP_P:
         in_top = np.isin(labels, top_classes(per_class, p))
         out[f"gain_in_top{p}_share"] = 100.0 * (gained & in_top).sum() / max(gained.sum(), 1)
+    n_gained, n_lost = int(gained.sum()), int((right_b & ~right_a).sum())
+    out["gained"], out["lost"] = n_gained, n_lost  # counts of samples; Δ's test and interval (kt.stats)
+    out["delta_ci_low"], out["delta_ci_high"] = delta_ci(n_gained, n_lost, len(labels))
+    out["mcnemar_p"] = mcnemar_p(n_gained, n_lost)
+    out["significant"] = float(out["mcnemar_p"] < alpha)
     if len(right_each) > 1:
         out["group_oracle_acc"] = right_t.sum() * pct
     return {k: float(v) for k, v in out.items()}
 
 
 def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | Path] | None, strategy: str,
-                 teacher: str, student: str) -> pl.DataFrame:
+              teacher: str, student: str, alpha: float = ALPHA) -> pl.DataFrame:
     """Long-format metrics of one run folder: columns strategy, teacher, student, members,
     base_strategy, metric, value. ``teacher_logits``: one file, or one per member of a group."""
     run_dir = Path(run_dir)
@@ -81,7 +89,7 @@ def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | P
     if not teacher_pred:  # teacher-free strategies: flips are measured against the student itself
         teacher_pred = [before.predictions]
     values = run_metrics(before.predictions, after.predictions, np.stack(teacher_pred), before.labels,
-                         before.logits.shape[1])
+                         before.logits.shape[1], alpha)
     config_file = run_dir / "config.json"
     config = json.loads(config_file.read_text()) if config_file.exists() else {}
     members = ",".join(config.get("members", [])) or teacher
@@ -119,7 +127,8 @@ def summarize(run_files: Sequence[str | Path], pairs: pl.DataFrame | None = None
     long = pl.concat([pl.read_parquet(f) for f in run_files], how="diagonal_relaxed")
     runs = long.pivot(on="metric", index=["strategy", "teacher", "student", "members", "base_strategy"],
                       values="value")
-    runs = runs.with_columns((pl.col("teacher_acc") - pl.col("acc_before")).alias("acc_diff"))
+    runs = runs.with_columns((pl.col("teacher_acc") - pl.col("acc_before")).alias("acc_diff"),
+                             pl.col("significant").cast(pl.Boolean))
     runs = runs.with_columns(bin_expr(similar_within).alias("bin"))
     single = pl.col("base_strategy").is_null()
     if pairs is not None:
@@ -138,6 +147,8 @@ def summarize(run_files: Sequence[str | Path], pairs: pl.DataFrame | None = None
         out = chosen_runs.group_by(by, maintain_order=True).agg(
             pl.len().alias("n_runs"),
             ((pl.col("delta") > 0).mean() * 100).alias("success_rate"),
+            ((pl.col("significant") & (pl.col("delta") > 0)).mean() * 100).alias("significant_gain_rate"),
+            ((pl.col("significant") & (pl.col("delta") < 0)).mean() * 100).alias("significant_harm_rate"),
             pl.col("delta").mean().alias("mean_delta"), pl.col("delta").median().alias("median_delta"),
             pl.col("knowledge_gain").mean().alias("mean_gain"), pl.col("knowledge_loss").mean().alias("mean_loss"))
         if "forecast_dp" in chosen_runs.columns:
@@ -173,6 +184,7 @@ def group_table(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 OVERVIEW_COLUMNS = {"strategy": "strategy", "n_runs": "runs", "success_rate": "success rate %",
+                    "significant_gain_rate": "significant gain %", "significant_harm_rate": "significant harm %",
                     "mean_delta": "mean Δ", "median_delta": "median Δ", "mean_gain": "mean gain",
                     "mean_loss": "mean loss"}
 

@@ -56,10 +56,11 @@ def test_top_classes_and_spearman() -> None:
 
 
 def run_file(folder: Path, strategy: str, teacher: str, delta: float, members: str | None = None,
-             base: str | None = None, teacher_acc: float = 80.0) -> Path:
+             base: str | None = None, teacher_acc: float = 80.0, significant: bool = False) -> Path:
     """A per-run metrics file as `kt evaluate` writes it (only the metrics the summary reads)."""
     values = {"delta": delta, "knowledge_gain": max(delta, 0) + 1, "knowledge_loss": 1 - min(delta, 0),
-              "acc_before": 80.0 - delta / 2, "acc_after": 80.0 + delta / 2, "teacher_acc": teacher_acc}
+              "acc_before": 80.0 - delta / 2, "acc_after": 80.0 + delta / 2, "teacher_acc": teacher_acc,
+              "significant": float(significant)}
     path = folder / f"{strategy}-{teacher}.parquet"
     pl.DataFrame({"strategy": strategy, "teacher": teacher, "student": "s", "members": members or teacher,
                   "base_strategy": base, "metric": list(values), "value": list(values.values())},
@@ -69,8 +70,8 @@ def run_file(folder: Path, strategy: str, teacher: str, delta: float, members: s
 
 def test_summary_aggregates_selected_pairs_and_tabulates_groups(tmp_path: Path) -> None:
     files = [
-        run_file(tmp_path, "kl", "a", -1.0), run_file(tmp_path, "kl", "b", 0.5),
-        run_file(tmp_path, "kl_dp", "a", 0.2), run_file(tmp_path, "kl_dp", "b", 0.4),
+        run_file(tmp_path, "kl", "a", -1.0, significant=True), run_file(tmp_path, "kl", "b", 0.5),
+        run_file(tmp_path, "kl_dp", "a", 0.2), run_file(tmp_path, "kl_dp", "b", 0.4, significant=True),
         run_file(tmp_path, "kl_dp", "c", -0.3),  # only a member of the group, not a selected pair
         run_file(tmp_path, "sequential", "g", 0.6, "c,a", "kl_dp"),
         run_file(tmp_path, "parallel", "g", 0.1, "a,c", "kl_dp"),
@@ -88,6 +89,9 @@ def test_summary_aggregates_selected_pairs_and_tabulates_groups(tmp_path: Path) 
     assert set(per) == {"kl", "kl_dp"}  # group modes and member-only runs stay out of the aggregates
     assert per["kl"]["n_runs"] == 2 and per["kl"]["success_rate"] == 50
     assert per["kl"]["mean_delta"] == pytest.approx(-0.25)
+    assert (per["kl"]["significant_gain_rate"], per["kl"]["significant_harm_rate"]) == (0, 50)
+    assert (per["kl_dp"]["significant_gain_rate"], per["kl_dp"]["significant_harm_rate"]) == (50, 0)
+    assert runs["significant"].dtype == pl.Boolean
     assert per["kl_dp"]["n_runs"] == 2 and per["kl_dp"]["success_rate"] == 100
     assert per["kl_dp"]["mean_delta"] == pytest.approx(0.3) and per["kl_dp"]["mean_loss"] == pytest.approx(1.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -81,6 +82,14 @@ def test_transfer_runs_and_metrics_are_consistent(run: Path) -> None:
         expected = run_metrics(before.predictions, after.predictions, teachers, before.labels, 10)
         for key, value in expected.items():
             assert row[key] == pytest.approx(value), key
+        # the test of Δ, recomputed by hand from the stored eval logits: exact two-sided McNemar
+        right_b, right_a = before.predictions == before.labels, after.predictions == after.labels
+        gained, lost = int((~right_b & right_a).sum()), int((right_b & ~right_a).sum())
+        assert (row["gained"], row["lost"]) == (gained, lost)
+        changed, fewer = gained + lost, min(gained, lost)
+        p = min(1.0, 2 * sum(math.comb(changed, i) for i in range(fewer + 1)) / 2**changed) if changed else 1.0
+        assert row["mcnemar_p"] == pytest.approx(p, rel=1e-9) and row["significant"] == (p < 0.05)
+        assert row["delta_ci_low"] <= row["delta"] <= row["delta_ci_high"]
         epochs = pl.read_parquet(folder / "metrics.parquet")
         assert epochs["epoch"].to_list() == ([0, 1, 2] if row["strategy"] == "sequential" else [0, 1])
         config = json.loads((folder / "config.json").read_text())
@@ -135,7 +144,8 @@ def test_report_renders_in_a_real_browser(run: Path, tmp_path: Path) -> None:
     assert "What to read first" in html
     overview = pl.read_csv(run / "report" / "overview.csv")
     strategies = pl.read_parquet(run / "summary.parquet").filter(pl.col("scope") == "strategy")
-    assert overview.columns[:4] == ["strategy", "runs", "success rate %", "mean Δ"]
+    assert overview.columns[:6] == ["strategy", "runs", "success rate %", "significant gain %",
+                                    "significant harm %", "mean Δ"]
     assert overview["strategy"].to_list() == strategies["strategy"].to_list()
     np.testing.assert_allclose(overview["mean Δ"], strategies["mean_delta"].round(2))
     landing = html.split("What to read first")[0]  # the page embeds it as a JSON string

@@ -12,6 +12,7 @@ rule evaluate:
     params:
         kt=KT,
         run_dir=run_dir,
+        alpha=config["alpha"],
     log:
         f"{RESULTS}/logs/evaluate/{{strategy}}/{{teacher}}__{{student}}.log",
     benchmark:
@@ -24,7 +25,7 @@ rule evaluate:
         runtime=10,
     shell:
         "{params.kt} evaluate --run {params.run_dir} --teacher-logits {input.teacher_logits} --strategy {wildcards.strategy} "
-        "--teacher {wildcards.teacher} --student {wildcards.student} --out {output.metrics} > {log} 2>&1"
+        "--teacher {wildcards.teacher} --student {wildcards.student} --alpha {params.alpha} --out {output.metrics} > {log} 2>&1"
 
 
 rule summarize:
