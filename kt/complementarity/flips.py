@@ -154,7 +154,8 @@ def _class_stats(counts: np.ndarray, xlogx: np.ndarray) -> tuple[np.ndarray, np.
     return total.reshape(shape), entropy.reshape(shape), top.reshape(len(TOP_P), *shape)
 
 
-def _threads(threads: int | None) -> int:
+def worker_threads(threads: int | None) -> int:
+    """``threads`` when given, else the cores this process may run on (flips and forecast share it)."""
     if threads:
         return max(1, int(threads))
     try:
@@ -189,7 +190,7 @@ def flip_stats(correct: np.ndarray, labels: np.ndarray, num_classes: int, *,
     item = np.dtype(packed.count_dtype).itemsize
     per_row = words + num_classes * (2 * item + 1) + min(num_classes, packed.biggest + 1) * 80 + 64
     # Threads pay off for big tables only (~0.1 s of work and more): by default small ones run inline.
-    workers = _threads(threads) if threads or m * m * (words + num_classes) >= 2e8 else 1
+    workers = worker_threads(threads) if threads or m * m * (words + num_classes) >= 2e8 else 1
     # Within the budget, blocks of ~_BLOCK_TARGET bytes of counts: larger ones fall out of cache.
     target = max(1, _BLOCK_TARGET // max(1, m * num_classes * item))
     rows_per_block = int(max(1, min(m, target, block_bytes // workers // max(1, per_row * m))))

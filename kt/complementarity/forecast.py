@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kt.complementarity.flips import _threads
+from kt.complementarity.flips import worker_threads
 
 
 def _order_keys(values: np.ndarray) -> np.ndarray:
@@ -75,7 +75,7 @@ def pairwise_greater(values: np.ndarray, *, threads: int | None = None, chunk_by
     direct = values.dtype == np.float16 and m > 256
     k = int(min(255, max(1, chunk_bytes // (m * m))))
     rank_chunk = max(rank_chunk, k)
-    workers = min(_threads(threads), max(1, n // (4 * k))) if threads or m * m * n >= 1e9 else 1
+    workers = min(worker_threads(threads), max(1, n // (4 * k))) if threads or m * m * n >= 1e9 else 1
     bounds = np.linspace(0, n, workers + 1).astype(int)
 
     def work(lo: int, hi: int) -> np.ndarray:
