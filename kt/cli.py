@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kt.errors import KtError
-from kt.schema import choices, defaults, item_defaults, schema
+from kt.schema import choices, default, defaults, item_defaults
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
 Command = Callable[[argparse.Namespace], Any]
@@ -77,7 +77,7 @@ def _spec(value: Any):
 # Arguments several commands share, and defaults from the schema.
 EXTRACT, ZOO, ZOO_MODEL = defaults("extract"), defaults("zoo"), item_defaults("zoo", "models")
 MULTI, SELECT = defaults("multi_teacher"), defaults("select")
-DEVICE = schema()["properties"]["device"]["default"]
+DEVICE = default("device")
 MODEL = arg("--model", type=_json_arg, required=True, help="model id or JSON spec")
 STUDENT = arg("--student", type=_json_arg, required=True, help="model id or JSON spec")
 DATASET = arg("--dataset", type=_json_arg, required=True, help='JSON, e.g. {"name": "fashion_mnist"}')
@@ -243,7 +243,7 @@ def cmd_select(args: argparse.Namespace) -> None:
          arg("--teacher-logits", nargs="*", default=[],
              help="the teacher's eval logits file (several for a group: a sample is known if any is right)"),
          *(arg(f"--{key}", required=True) for key in ("strategy", "teacher", "student", "out")),
-         arg("--alpha", type=float, default=schema()["properties"]["alpha"]["default"],
+         arg("--alpha", type=float, default=default("alpha"),
              help="significance level of the McNemar test"))
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Metrics of one transfer run (long-format parquet): delta, gain, loss, residual flips, ..."""

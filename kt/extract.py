@@ -18,11 +18,11 @@ from kt.errors import KtError
 from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import normalize
 from kt.registry import Registry
-from kt.schema import defaults, schema
+from kt.schema import default, defaults
 
 log = logging.getLogger("kt")
 DEFAULTS = defaults("extract")
-DEVICE = schema()["properties"]["device"]["default"]
+DEVICE = default("device")
 
 
 def prepare(model: Classifier, device: torch.device) -> Classifier:

@@ -19,12 +19,12 @@ import polars as pl
 from kt.artifacts import check_same_samples, read_logits, write_table
 from kt.complementarity import TOP_P
 from kt.errors import KtError
-from kt.schema import schema
+from kt.schema import default
 from kt.select import SIMILAR_WITHIN, bin_expr
 from kt.stats import delta_ci, mcnemar_p
 
 SAME_RUN_FIX = "rerun both steps on the same dataset config."
-ALPHA = schema()["properties"]["alpha"]["default"]
+ALPHA = default("alpha")
 
 
 def top_classes(pos_per_class: np.ndarray, p: float) -> np.ndarray:

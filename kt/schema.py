@@ -18,6 +18,11 @@ def schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_FILE.read_text())
 
 
+def default(key: str) -> Any:
+    """The default of a top-level key (``device``, ``alpha``, ...)."""
+    return schema()["properties"][key]["default"]
+
+
 def defaults(section: str) -> dict[str, Any]:
     """The schema's defaults of the keys of one config section (``transfer``, ``extract``, ...)."""
     properties = schema()["properties"][section].get("properties", {})

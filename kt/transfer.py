@@ -42,7 +42,7 @@ from kt.extract import predict, prepare
 from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import normalize, resize_uint8
 from kt.registry import Registry, get_registry
-from kt.schema import defaults, schema
+from kt.schema import default, defaults
 from kt.strategies import Outputs, Strategy
 
 log = logging.getLogger("kt")
@@ -65,7 +65,7 @@ class TransferSettings:
     seed: int = _DEFAULTS["seed"]
     eval_every: int = _DEFAULTS["eval_every"]
     cache_views: int = _DEFAULTS["cache_views"]
-    device: str = schema()["properties"]["device"]["default"]
+    device: str = default("device")
     eval_batch_size: int = 512
     options: dict[str, Any] = field(default_factory=dict)
 
