@@ -122,9 +122,12 @@ def versions() -> dict[str, str]:
 def logits_attrs(spec: ModelSpec, model: Classifier, data: Split, dataset: dict[str, Any],
                  logits: np.ndarray | None = None) -> dict[str, Any]:
     """The attrs every logits file carries (accuracy from ``logits`` when given)."""
+    from kt.models import infer_family, param_count  # kt.models imports torch; artifacts stays light
+
     attrs = {
         "format_version": FORMAT_VERSION, "kind": "logits", "model": spec.slug, "model_id": spec.id,
         "model_spec": spec.to_dict(), "source": spec.source, "weights_origin": model.origin,
+        "params": param_count(model.body), "family": spec.family or infer_family(model.body),
         "preprocessing": model.preprocess.to_dict(), "num_classes": model.num_classes,
         "classes": data.classes, "dataset": dataset, "split": data.name,
         "dataset_fingerprint": data.fingerprint(), "num_samples": len(data), "versions": versions(),

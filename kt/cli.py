@@ -244,14 +244,15 @@ def cmd_select(args: argparse.Namespace) -> None:
              help="the teacher's eval logits file (several for a group: a sample is known if any is right)"),
          *(arg(f"--{key}", required=True) for key in ("strategy", "teacher", "student", "out")),
          arg("--alpha", type=float, default=default("alpha"),
-             help="significance level of the McNemar test"))
+             help="significance level of the McNemar test"),
+         arg("--control", help="the control run's (ce) eval_after.h5 for the same student and seed"))
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Metrics of one transfer run (long-format parquet): delta, gain, loss, residual flips, ..."""
     from kt.artifacts import write_table
     from kt.metrics import run_table
 
-    write_table(run_table(args.run, args.teacher_logits, args.strategy, args.teacher, args.student, args.alpha),
-                args.out)
+    write_table(run_table(args.run, args.teacher_logits, args.strategy, args.teacher, args.student, args.alpha,
+                          args.control), args.out)
 
 
 @command(arg("--metrics", nargs="+", required=True, help="per-run metrics files"),
@@ -268,7 +269,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
 
     from kt.artifacts import read_table
     from kt.figures import plot_epoch_curves, plot_summary
-    from kt.metrics import summarize, write_summary
+    from kt.metrics import overview, summarize, write_summary
 
     table = summarize(args.metrics, read_table(args.pairs) if args.pairs else None, args.similar_within)
     write_summary(table, args.out, args.csv, args.overview)
@@ -277,10 +278,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         if args.epochs:
             epochs = pl.concat([read_table(f) for f in args.epochs], how="diagonal_relaxed")
             plot_epoch_curves(epochs, f"{args.figures}/epoch_curves.png")
-    with pl.Config(tbl_rows=50, tbl_cols=10, float_precision=2):
-        print(table.filter(pl.col("scope") == "strategy").select(
-            "strategy", "n_runs", "success_rate", "mean_delta", "median_delta", "mean_gain", "mean_loss",
-            *[c for c in ("forecast_spearman",) if c in table.columns]))
+    with pl.Config(tbl_rows=50, tbl_cols=12, fmt_str_lengths=40, tbl_width_chars=200):
+        print(overview(table))
 
 
 def parser() -> argparse.ArgumentParser:

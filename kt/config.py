@@ -67,6 +67,7 @@ def zoo_specs(config: dict[str, Any], dataset: Dataset) -> dict[str, ModelSpec]:
     for entry in zoo.get("models", []):
         specs[entry["name"]] = ModelSpec(
             id=entry["id"], name=entry["name"], args=entry.get("args", {}), num_classes=num_classes,
+            family=entry.get("family"),
             preprocess=preprocess, weights=f"{config.get('results', 'results')}/zoo/{entry['name']}.pth")
     return specs
 

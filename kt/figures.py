@@ -14,6 +14,7 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from kt.artifacts import atomic_path
 
@@ -129,14 +130,20 @@ def plot_summary(table: pl.DataFrame, folder: str | Path) -> list[Path]:
         fig = Figure(figsize=size)
         ax = fig.subplots()
         for s in strategies:
-            r = runs.filter(pl.col("strategy") == s)
-            ax.scatter(r[x], r[y], label=s, color=colors[s], s=20)
+            r = runs.filter((pl.col("strategy") == s) & (pl.col("teacher") != "none"))  # the control: no teacher
+            if len(r):
+                ax.scatter(r[x], r[y], label=s, color=colors[s], s=20)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
         return ax
 
     ax = scatter("acc_diff", "delta", "teacher − student accuracy (points)", "transfer delta Δ (points)", (5.5, 3.8))
+    if "delta_ci_low" in runs.columns:  # each run's 95 % interval (kt.stats.delta_ci)
+        for s in strategies:
+            r = runs.filter((pl.col("strategy") == s) & (pl.col("teacher") != "none"))
+            err = [r["delta"] - r["delta_ci_low"], r["delta_ci_high"] - r["delta"]]
+            ax.errorbar(r["acc_diff"], r["delta"], yerr=err, fmt="none", ecolor=colors[s], elinewidth=0.8, alpha=0.6)
     ax.axhline(0, color="k", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8, ls=":")
     out.append(save_figure(ax.figure, folder / "delta_vs_accdiff.png"))
@@ -146,10 +153,42 @@ def plot_summary(table: pl.DataFrame, folder: str | Path) -> list[Path]:
     top = float(max(runs["knowledge_gain"].max() or 0, runs["knowledge_loss"].max() or 0)) * 1.1 + 0.1
     ax.plot([0, top], [0, top], color="grey", lw=0.8, ls=":")
     out.append(save_figure(ax.figure, folder / "gain_vs_loss.png"))
+    if "student_params" in runs.columns and runs["student_params"].is_not_null().any():
+        out.append(plot_by_student_size(runs, colors, folder / "by_student_size.png"))
     groups = table.filter(pl.col("scope") == "group")
     if len(groups):
         out.append(plot_multi_teacher(groups, folder / "multi_teacher.png"))
     return out
+
+
+FAMILY_MARKERS = {"cnn": "o", "transformer": "^", "mlp": "s"}
+
+
+def plot_by_student_size(runs: pl.DataFrame, colors: dict[str, str], out_png: str | Path) -> Path:
+    """What predicts transfer success (paper §4.5): per student and strategy, the success rate and
+    the mean share of positive flips transferred, against the student's parameter count; the
+    marker is the student's family (circle CNN, triangle transformer, square MLP)."""
+    paired = runs.filter(pl.col("teacher") != "none")  # the control has no teacher to transfer from
+    per = paired.group_by("strategy", "student", "student_params", "student_family", maintain_order=True).agg(
+        ((pl.col("delta") > 0).mean() * 100).alias("success"), pl.col("transferred_share").mean())
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
+    for row in per.iter_rows(named=True):
+        marker = FAMILY_MARKERS.get(row["student_family"] or "", "x")
+        for ax, key in zip(axes, ("success", "transferred_share"), strict=True):
+            ax.scatter(row["student_params"], row[key], color=colors[row["strategy"]], marker=marker, s=30)
+    for ax, label in zip(axes, ("success rate over teachers (%)", "transferred share of positive flips (%)"),
+                         strict=True):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow range overlap
+        ax.set_xlabel("student parameters")
+        ax.set_ylabel(label)
+    handles = [axes[0].scatter([], [], color=c, label=s) for s, c in colors.items() if s in set(per["strategy"])]
+    handles += [axes[0].scatter([], [], color="grey", marker=m, label=f) for f, m in FAMILY_MARKERS.items()
+                if f in set(per["student_family"].drop_nulls())]
+    axes[1].legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Transfer against student size and family")
+    return save_figure(fig, out_png)
 
 
 def plot_multi_teacher(groups: pl.DataFrame, out_png: str | Path) -> Path:

@@ -4,7 +4,10 @@ set, and the summary.
 Per run: transfer delta, knowledge gain and loss, the teacher's residual complementary knowledge,
 the share of the initial positive flips transferred, and how much of the gain falls into the
 teacher's top-p % classes. The summary aggregates runs per strategy, overall and per teacher-
-strength bin, and checks how well the complementarity forecast ranks the measured deltas.
+strength bin, with bootstrap intervals over pairs (:mod:`kt.stats`), and checks how well the
+complementarity forecast ranks the measured deltas. With several seeds, each pair also gets a row
+over its seeds that says whether the spread between seeds exceeds the effect. When the config runs
+the control ``ce`` (labels only, no teacher), every run is also compared with it, per sample.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from kt.complementarity import TOP_P
 from kt.errors import KtError
 from kt.schema import default
 from kt.select import SIMILAR_WITHIN, bin_expr
-from kt.stats import delta_ci, mcnemar_p
+from kt.stats import bootstrap_ci, delta_ci, mcnemar_p, spearman
 
 SAME_RUN_FIX = "rerun both steps on the same dataset config."
 ALPHA = default("alpha")
+CONTROL = "ce"  # the control strategy: each run's Δ against it is reported when it runs
+NO_TEACHER = "none"  # the teacher column of teacher-free runs (the control), one per student and seed
 
 
 def top_classes(pos_per_class: np.ndarray, p: float) -> np.ndarray:
@@ -37,13 +42,26 @@ def top_classes(pos_per_class: np.ndarray, p: float) -> np.ndarray:
     return order[:k]
 
 
+def paired_test(right_from: np.ndarray, right_to: np.ndarray, alpha: float = ALPHA,
+                prefix: str = "") -> dict[str, float]:
+    """How ``right_to`` differs from ``right_from`` on the same samples: counts gained and lost, the
+    95 % interval of the difference in points, the exact McNemar p and whether p < ``alpha``."""
+    gained, lost = int((~right_from & right_to).sum()), int((right_from & ~right_to).sum())
+    low, high = delta_ci(gained, lost, len(right_from))
+    p = mcnemar_p(gained, lost)
+    return {f"{prefix}gained": gained, f"{prefix}lost": lost, f"{prefix}delta_ci_low": low,
+            f"{prefix}delta_ci_high": high, f"{prefix}mcnemar_p": p, f"{prefix}significant": float(p < alpha)}
+
+
 def run_metrics(before: np.ndarray, after: np.ndarray, teacher: np.ndarray, labels: np.ndarray,
-                num_classes: int, alpha: float = ALPHA) -> dict[str, float]:
+                num_classes: int, alpha: float = ALPHA, control: np.ndarray | None = None) -> dict[str, float]:
     """Metrics of one transfer from predictions (class indices) on the evaluation set.
 
     ``teacher``: one teacher's predictions (N,), or a group's (K, N). A group knows a sample when any
     member is right (its positive flips are the union of the members'); its ``teacher_acc`` is the
-    members' mean accuracy, ``group_oracle_acc`` the share any member gets right."""
+    members' mean accuracy, ``group_oracle_acc`` the share any member gets right. ``control``: the
+    control run's predictions (same student and seed), compared per sample with ``after``
+    (``delta_vs_control`` and its ``vs_control_*`` test)."""
     right_b, right_a = before == labels, after == labels
     right_each = np.atleast_2d(teacher) == labels
     right_t = right_each.any(0)
@@ -63,136 +81,221 @@ def run_metrics(before: np.ndarray, after: np.ndarray, teacher: np.ndarray, labe
     for p in TOP_P:
         in_top = np.isin(labels, top_classes(per_class, p))
         out[f"gain_in_top{p}_share"] = 100.0 * (gained & in_top).sum() / max(gained.sum(), 1)
-    n_gained, n_lost = int(gained.sum()), int((right_b & ~right_a).sum())
-    out["gained"], out["lost"] = n_gained, n_lost  # counts of samples; Δ's test and interval (kt.stats)
-    out["delta_ci_low"], out["delta_ci_high"] = delta_ci(n_gained, n_lost, len(labels))
-    out["mcnemar_p"] = mcnemar_p(n_gained, n_lost)
-    out["significant"] = float(out["mcnemar_p"] < alpha)
+    out |= paired_test(right_b, right_a, alpha)  # counts of samples; Δ's test and interval (kt.stats)
+    if control is not None:
+        right_c = control == labels
+        out["control_acc"] = right_c.sum() * pct
+        out["delta_vs_control"] = (right_a.sum() - right_c.sum()) * pct
+        out |= paired_test(right_c, right_a, alpha, "vs_control_")
     if len(right_each) > 1:
         out["group_oracle_acc"] = right_t.sum() * pct
     return {k: float(v) for k, v in out.items()}
 
 
 def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | Path] | None, strategy: str,
-              teacher: str, student: str, alpha: float = ALPHA) -> pl.DataFrame:
+              teacher: str, student: str, alpha: float = ALPHA, control: str | Path | None = None) -> pl.DataFrame:
     """Long-format metrics of one run folder: columns strategy, teacher, student, members,
-    base_strategy, metric, value. ``teacher_logits``: one file, or one per member of a group."""
+    base_strategy, seed, metric, value. ``teacher_logits``: one file, or one per member of a group;
+    ``control``: the control run's ``eval_after.h5`` for the same student and seed."""
     run_dir = Path(run_dir)
     before, after = read_logits(run_dir / "eval_before.h5"), read_logits(run_dir / "eval_after.h5")
     check_same_samples(before, after, SAME_RUN_FIX)
     files = [teacher_logits] if isinstance(teacher_logits, str | Path) else list(teacher_logits or [])
-    teacher_pred = []
+    teacher_pred, teacher_attrs = [], []
     for path in files:
         t = read_logits(path)
         check_same_samples(before, t, SAME_RUN_FIX)
         teacher_pred.append(t.predictions)
+        teacher_attrs.append(t.attrs)
     if not teacher_pred:  # teacher-free strategies: flips are measured against the student itself
         teacher_pred = [before.predictions]
+    control_pred = None
+    if control is not None:
+        reference = read_logits(control)
+        check_same_samples(before, reference, SAME_RUN_FIX)
+        control_pred = reference.predictions
     values = run_metrics(before.predictions, after.predictions, np.stack(teacher_pred), before.labels,
-                         before.logits.shape[1], alpha)
+                         before.logits.shape[1], alpha, control_pred)
     config_file = run_dir / "config.json"
     config = json.loads(config_file.read_text()) if config_file.exists() else {}
     members = ",".join(config.get("members", [])) or teacher
-    return pl.DataFrame({"strategy": strategy, "teacher": teacher, "student": student, "members": members,
-                         "base_strategy": config.get("base_strategy"), "metric": list(values),
-                         "value": list(values.values())}, schema_overrides={"base_strategy": pl.String})
+    keys = {"strategy": strategy, "teacher": teacher, "student": student, "members": members,
+            "base_strategy": config.get("base_strategy"), "seed": config.get("settings", {}).get("seed", 0)}
+    keys |= model_facts("student", [before.attrs]) | model_facts("teacher", teacher_attrs)
+    return pl.DataFrame(keys | {"metric": list(values), "value": list(values.values())},
+                        schema_overrides=KEY_SCHEMA)
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN for fewer than 3 points."""
-    if len(x) < 3:
-        return float("nan")
+KEY_SCHEMA = {"strategy": pl.String, "teacher": pl.String, "student": pl.String, "members": pl.String,
+              "base_strategy": pl.String, "seed": pl.Int64, "student_params": pl.Int64,
+              "student_family": pl.String, "teacher_params": pl.Int64, "teacher_family": pl.String}
 
-    def ranks(v: np.ndarray) -> np.ndarray:
-        return pl.Series(v).rank("average").to_numpy()
 
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+def model_facts(role: str, attrs: list[dict]) -> dict[str, int | str | None]:
+    """Parameter count and family (paper §4.5) from logits attrs: one model's, or for a group the
+    members' families joined and no single parameter count."""
+    families = sorted({a["family"] for a in attrs if "family" in a})
+    params = attrs[0].get("params") if len(attrs) == 1 else None
+    return {f"{role}_params": params, f"{role}_family": ",".join(families) or None}
 
 
 def summarize(run_files: Sequence[str | Path], pairs: pl.DataFrame | None = None,
-              similar_within: float = SIMILAR_WITHIN) -> pl.DataFrame:
-    """One row per run (``scope = run``), per-strategy aggregates overall (``scope = strategy``) and
-    per teacher-strength bin (``scope = strategy/bin``), and one row per multi-teacher group
-    (``scope = group``, see :func:`group_table`). Per-run files may carry different metrics
-    (strategies differ); missing ones become nulls.
+              similar_within: float = SIMILAR_WITHIN, seed: int = 0) -> pl.DataFrame:
+    """One row per run (``scope = run``); with several seeds one row per pair over its seeds
+    (``scope = pair``); per-strategy aggregates overall (``scope = strategy``) and per teacher-
+    strength bin (``scope = strategy/bin``); one row per multi-teacher group (``scope = group``, see
+    :func:`group_table`). Per-run files may carry different metrics (strategies differ); missing
+    ones become nulls. ``seed`` seeds the bootstrap intervals.
 
     The aggregates cover the selected pairs (``selected``; all single-teacher runs without
     ``pairs``): single-teacher runs that exist only as members of a group stay out of them, so
-    every strategy is aggregated over the same pairs."""
+    every strategy is aggregated over the same pairs. The control's runs (teacher ``none``) count
+    for the students of the selected pairs."""
     if not run_files:
         raise KtError("no transfer metrics to summarise; does the config select any pairs and strategies?")
     long = pl.concat([pl.read_parquet(f) for f in run_files], how="diagonal_relaxed")
-    runs = long.pivot(on="metric", index=["strategy", "teacher", "student", "members", "base_strategy"],
-                      values="value")
+    index = [c for c in KEY_SCHEMA if c in long.columns]
+    runs = long.pivot(on="metric", index=index, values="value")
     runs = runs.with_columns((pl.col("teacher_acc") - pl.col("acc_before")).alias("acc_diff"),
-                             pl.col("significant").cast(pl.Boolean))
-    runs = runs.with_columns(bin_expr(similar_within).alias("bin"))
-    single = pl.col("base_strategy").is_null()
-    if pairs is not None:
-        chosen = pairs.select("teacher", "student").unique().with_columns(pl.lit(True).alias("selected"))
-        runs = runs.join(chosen, on=["teacher", "student"], how="left")
-        runs = runs.with_columns((pl.col("selected").fill_null(False) & single).alias("selected"))
-    else:
-        runs = runs.with_columns(single.alias("selected"))
+                             *[pl.col(c).cast(pl.Boolean) for c in ("significant", "vs_control_significant")
+                               if c in runs.columns])
+    runs = runs.with_columns(pl.when(pl.col("teacher") != NO_TEACHER).then(bin_expr(similar_within)).alias("bin"))
+    runs = _mark_selected(runs, pairs)
     if pairs is not None and "forecast_dp" in pairs.columns:
         runs = runs.join(pairs.select("teacher", "student", "forecast_dp", "pos_flips").unique(["teacher", "student"]),
                          on=["teacher", "student"], how="left")
     runs = runs.with_columns(pl.lit("run").alias("scope"))
-    chosen_runs = runs.filter("selected")
-
-    def aggregate(by: list[str]) -> pl.DataFrame:
-        out = chosen_runs.group_by(by, maintain_order=True).agg(
-            pl.len().alias("n_runs"),
-            ((pl.col("delta") > 0).mean() * 100).alias("success_rate"),
-            ((pl.col("significant") & (pl.col("delta") > 0)).mean() * 100).alias("significant_gain_rate"),
-            ((pl.col("significant") & (pl.col("delta") < 0)).mean() * 100).alias("significant_harm_rate"),
-            pl.col("delta").mean().alias("mean_delta"), pl.col("delta").median().alias("median_delta"),
-            pl.col("knowledge_gain").mean().alias("mean_gain"), pl.col("knowledge_loss").mean().alias("mean_loss"))
-        if "forecast_dp" in chosen_runs.columns:
-            rho = chosen_runs.group_by(by, maintain_order=True).agg(
-                pl.map_groups(["forecast_dp", "delta"], lambda s: spearman(s[0].to_numpy(), s[1].to_numpy()),
-                              return_dtype=pl.Float64, returns_scalar=True).alias("forecast_spearman"))
-            out = out.join(rho, on=by)
-        return out
-
-    per_strategy = aggregate(["strategy"]).with_columns(pl.lit("strategy").alias("scope"))
-    per_bin = aggregate(["strategy", "bin"]).with_columns(pl.lit("strategy/bin").alias("scope"))
-    table = pl.concat([runs, per_strategy, per_bin, group_table(runs)], how="diagonal_relaxed")
-    first = ["scope", "strategy", "teacher", "student", "bin"]
+    chosen = runs.filter("selected")
+    per_pair = pair_table(runs)
+    per_strategy = aggregate(chosen, ["strategy"], seed).with_columns(pl.lit("strategy").alias("scope"))
+    per_bin = aggregate(chosen.filter(pl.col("bin").is_not_null()), ["strategy", "bin"], seed)
+    per_bin = per_bin.with_columns(pl.lit("strategy/bin").alias("scope"))
+    table = pl.concat([runs, per_pair, per_strategy, per_bin, group_table(runs)], how="diagonal_relaxed")
+    first = [c for c in ("scope", "strategy", "teacher", "student", "bin", "seed") if c in table.columns]
     return table.select(first + [c for c in table.columns if c not in first])
+
+
+def _mark_selected(runs: pl.DataFrame, pairs: pl.DataFrame | None) -> pl.DataFrame:
+    """``selected``: the single-teacher runs of the selected pairs, and the control's runs of their
+    students (all single-teacher runs without ``pairs``)."""
+    single = pl.col("base_strategy").is_null()
+    if pairs is None:
+        return runs.with_columns(single.alias("selected"))
+    chosen = pairs.select("teacher", "student").unique().with_columns(pl.lit(True).alias("selected"))
+    runs = runs.join(chosen, on=["teacher", "student"], how="left")
+    control_of_selected = (pl.col("teacher") == NO_TEACHER) & pl.col("student").is_in(pairs["student"].implode())
+    return runs.with_columns(((pl.col("selected").fill_null(False) | control_of_selected) & single).alias("selected"))
+
+
+RUN_KEYS = ["strategy", "teacher", "student", "members", "base_strategy"]
+
+
+def pair_table(runs: pl.DataFrame) -> pl.DataFrame:
+    """With several seeds: per (strategy, pair) the mean Δ over seeds, the seeds' standard deviation
+    and whether that spread exceeds the effect (|mean Δ| < sd: the seeds disagree more than the
+    transfer moves the student). Empty with one seed per run."""
+    if runs.group_by(RUN_KEYS).len()["len"].max() < 2:
+        return pl.DataFrame()
+    rows = runs.group_by(RUN_KEYS, maintain_order=True).agg(
+        pl.len().alias("n_seeds"), pl.col("delta").mean(), pl.col("delta").std().alias("seed_sd"),
+        pl.col("significant").sum().alias("n_significant"), pl.col("bin").first(), pl.col("selected").first())
+    rows = rows.with_columns((pl.col("seed_sd") > pl.col("delta").abs()).alias("seed_spread_exceeds_effect"),
+                             pl.lit("pair").alias("scope"))
+    return rows
+
+
+def aggregate(runs: pl.DataFrame, by: list[str], seed: int = 0) -> pl.DataFrame:
+    """The paper's aggregates per ``by`` group, each with a 95 % bootstrap interval over pairs (a
+    pair's seeds stay together): success rate (share of runs with Δ > 0), mean and median Δ, mean
+    Δ against the control; significant gain and harm rates (McNemar per run, at the config's
+    alpha); the forecast's Spearman ρ over pairs with its interval and n, ``forecast_conclusive``
+    when the interval excludes 0; ``seed_sd`` (mean spread between seeds of a pair) with
+    ``seed_spread_exceeds_effect`` when it is larger than |mean Δ|."""
+    rows = []
+    for key, g in runs.group_by(by, maintain_order=True):
+        per_pair = g.group_by(RUN_KEYS, maintain_order=True).agg(
+            pl.col("delta").mean(), (pl.col("delta") > 0).mean().alias("success"), pl.col("delta").std().alias("sd"),
+            *[pl.col(c).mean() for c in ("delta_vs_control", "forecast_dp") if c in g.columns])
+        row = dict(zip(by, key, strict=True)) | {
+            "n_runs": len(g), "n_pairs": len(per_pair),
+            "significant_gain_rate": 100 * (g["significant"] & (g["delta"] > 0)).mean(),
+            "significant_harm_rate": 100 * (g["significant"] & (g["delta"] < 0)).mean(),
+            "mean_gain": g["knowledge_gain"].mean(), "mean_loss": g["knowledge_loss"].mean(),
+            "seed_sd": per_pair["sd"].mean()}
+        row |= _estimate("success_rate", 100 * (g["delta"] > 0).mean(), [100 * per_pair["success"]], np.mean, seed)
+        row |= _estimate("mean_delta", g["delta"].mean(), [per_pair["delta"]], np.mean, seed)
+        row |= _estimate("median_delta", g["delta"].median(), [per_pair["delta"]], np.median, seed)
+        if "delta_vs_control" in per_pair.columns and per_pair["delta_vs_control"].null_count() < len(per_pair):
+            known = per_pair.drop_nulls("delta_vs_control")["delta_vs_control"]
+            row |= _estimate("mean_delta_vs_control", known.mean(), [known], np.mean, seed)
+        if "forecast_dp" in per_pair.columns and per_pair["forecast_dp"].null_count() == 0:
+            x, y = per_pair["forecast_dp"], per_pair["delta"]
+            row |= _estimate("forecast_spearman", spearman(x, y), [x, y], spearman, seed)
+            row["forecast_n"] = len(per_pair)
+            row["forecast_conclusive"] = bool(row["forecast_spearman_ci_low"] > 0
+                                              or row["forecast_spearman_ci_high"] < 0)
+        row["seed_spread_exceeds_effect"] = bool(row["seed_sd"] > abs(row["mean_delta"])) \
+            if row["seed_sd"] is not None else None
+        rows.append(row)
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
+
+
+def _estimate(name: str, value: float, samples: list[pl.Series], statistic, seed: int) -> dict[str, float]:
+    """``name`` with its bootstrap interval (``name_ci_low``, ``name_ci_high``) over pairs."""
+    low, high = bootstrap_ci([s.to_numpy() for s in samples], statistic, seed=seed)
+    return {name: value, f"{name}_ci_low": low, f"{name}_ci_high": high}
 
 
 def group_table(runs: pl.DataFrame) -> pl.DataFrame:
     """Per multi-teacher group and student: the Δ of each mode (``{mode}_delta``) next to the min,
     mean and max Δ of the members' single-teacher runs with the group's strategy (the paper's
-    multi-teacher table). ``strategy`` is the group's single-teacher strategy."""
+    multi-teacher table), one row per seed. ``strategy`` is the group's single-teacher strategy."""
     grouped = runs.filter(pl.col("base_strategy").is_not_null())
     rows = []
-    for (group, student, base), g in grouped.group_by("teacher", "student", "base_strategy", maintain_order=True):
+    for (group, student, base, seed), g in grouped.group_by("teacher", "student", "base_strategy", "seed",
+                                                             maintain_order=True):
         members = sorted({m for ms in g["members"] for m in ms.split(",")})
         singles = runs.filter(pl.col("base_strategy").is_null() & (pl.col("strategy") == base)
-                              & (pl.col("student") == student) & pl.col("teacher").is_in(members))["delta"]
-        row = {"scope": "group", "strategy": base, "teacher": group, "student": student, "members": ",".join(members),
-               "n_single": len(singles), "single_min_delta": singles.min(), "single_mean_delta": singles.mean(),
-               "single_max_delta": singles.max()}
+                              & (pl.col("seed") == seed) & (pl.col("student") == student)
+                              & pl.col("teacher").is_in(members))["delta"]
+        row = {"scope": "group", "strategy": base, "teacher": group, "student": student, "seed": seed,
+               "members": ",".join(members), "n_single": len(singles), "single_min_delta": singles.min(),
+               "single_mean_delta": singles.mean(), "single_max_delta": singles.max()}
         row |= {f"{mode}_delta": delta for mode, delta in g.select("strategy", "delta").iter_rows()}
         rows.append(row)
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
-OVERVIEW_COLUMNS = {"strategy": "strategy", "n_runs": "runs", "success_rate": "success rate %",
-                    "significant_gain_rate": "significant gain %", "significant_harm_rate": "significant harm %",
-                    "mean_delta": "mean Δ", "median_delta": "median Δ", "mean_gain": "mean gain",
-                    "mean_loss": "mean loss"}
+def _with_ci(name: str, digits: int = 2, signed: bool = True) -> pl.Expr:
+    """``value [low, high]`` as text, from the columns ``name``, ``name_ci_low``, ``name_ci_high``."""
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+
+    def text(row: dict) -> str | None:
+        value, low, high = row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+        if value is None:
+            return None
+        if low is None or np.isnan(low):
+            return fmt.format(value)
+        return f"{fmt.format(value)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+    return pl.struct(name, f"{name}_ci_low", f"{name}_ci_high").map_elements(text, return_dtype=pl.String)
 
 
 def overview(table: pl.DataFrame) -> pl.DataFrame:
-    """The per-strategy rows with readable headers: the report's landing table."""
-    rows = table.filter(pl.col("scope") == "strategy").select(list(OVERVIEW_COLUMNS))
-    return rows.with_columns(pl.selectors.float().round(2)).rename(OVERVIEW_COLUMNS)
+    """The per-strategy rows with readable headers, every estimate with its 95 % interval: the
+    report's landing table."""
+    rows = table.filter(pl.col("scope") == "strategy")
+    columns = [pl.col("strategy"), pl.col("n_runs").cast(pl.Int64).alias("runs"),
+               pl.col("n_pairs").cast(pl.Int64).alias("pairs"),
+               _with_ci("success_rate", 0, signed=False).alias("success rate % [95 % CI]"),
+               pl.col("significant_gain_rate").round(0).alias("significant gain %"),
+               pl.col("significant_harm_rate").round(0).alias("significant harm %"),
+               _with_ci("mean_delta").alias("mean Δ [95 % CI]"), _with_ci("median_delta").alias("median Δ [95 % CI]")]
+    if "mean_delta_vs_control" in rows.columns:
+        columns.append(_with_ci("mean_delta_vs_control").alias(f"Δ vs {CONTROL} [95 % CI]"))
+    if "forecast_spearman" in rows.columns:
+        columns.append(_with_ci("forecast_spearman").alias("forecast ρ [95 % CI]"))
+    return rows.select(columns)
 
 
 def write_summary(table: pl.DataFrame, out_parquet: str | Path, out_csv: str | Path,

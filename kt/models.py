@@ -38,6 +38,7 @@ class ModelSpec:
     args: dict[str, Any] = field(default_factory=dict)
     preprocess: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
+    family: str | None = None  # cnn | transformer | mlp; None: inferred from the modules (infer_family)
     pretrained: bool = True
 
     def __post_init__(self) -> None:
@@ -160,6 +161,27 @@ class ModelSource(ABC):
             return sorted(names)
         return sorted(full for arch, tags in tagged.items() for full in tags
                       if fnmatch.fnmatchcase(arch, pattern) or fnmatch.fnmatchcase(full, pattern))
+
+
+FAMILIES = ("cnn", "transformer", "mlp")
+
+
+def infer_family(model: nn.Module) -> str:
+    """The architecture family the paper's §4.5 compares: ``transformer`` when any module is an
+    attention layer (hybrids count as transformers), else ``cnn`` when any convolution slides
+    (kernel > 1 with a stride smaller than the kernel; a patchifying stem does not count, so
+    MLP-Mixer and ResMLP stay ``mlp``), else ``mlp``. A model spec's ``family`` overrides it."""
+    convolutional = False
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith("Attention"):
+            return "transformer"
+        if isinstance(module, nn.Conv2d) and max(module.kernel_size) > 1 and module.stride[0] < module.kernel_size[0]:
+            convolutional = True
+    return "cnn" if convolutional else "mlp"
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def weights_origin(spec: ModelSpec, hub: str) -> str:

@@ -93,6 +93,18 @@ class KL(Strategy):
 
 
 @dataclass
+class CE(Strategy):
+    """``ce``: the control. Continued training on the labels alone (no teacher), on the same views and
+    schedule, so a strategy's Δ can be compared with what fine-tuning alone does to the student."""
+
+    def __post_init__(self) -> None:
+        self.needs_teacher = False
+
+    def loss(self, out: Outputs) -> torch.Tensor:
+        return F.cross_entropy(out.student.float(), out.labels)
+
+
+@dataclass
 class XEKL(Strategy):
     """``xekl``: alpha * KL + (1 - alpha) * cross-entropy on the labels (on logits)."""
 

@@ -62,7 +62,7 @@ class TransferSettings:
     momentum: float = _DEFAULTS["momentum"]
     weight_decay: float = _DEFAULTS["weight_decay"]
     augment: str = _DEFAULTS["augment"]
-    seed: int = _DEFAULTS["seed"]
+    seed: int = _DEFAULTS["seeds"][0]  # one of transfer.seeds: each seed is its own run
     eval_every: int = _DEFAULTS["eval_every"]
     cache_views: int = _DEFAULTS["cache_views"]
     device: str = default("device")

@@ -53,6 +53,39 @@ def test_every_artifact_path_follows_results(tmp_path: Path) -> None:
     assert specs["resnet_a"].weights == "elsewhere/zoo/resnet_a.pth"
 
 
+def test_seeds_put_each_run_and_cache_under_its_seed_and_the_control_runs_once_per_student(tmp_path: Path) -> None:
+    (tmp_path / "my.yaml").write_text("results: out\ntransfer: {seeds: [0, 3], strategies: [kl, ce]}\n")
+    targets = ["out/transfer/kl/resnet_a__vit/seed3/transfer_metrics.parquet",
+               "out/transfer/ce/none__vit/seed3/student.pth"]
+    done = dry_run(*targets, "-p", "--configfile", str(tmp_path / "my.yaml"))  # targets first
+    assert done.returncode == 0, done.stderr[-2000:]
+    for path in ("out/transfer/cache/resnet_a__vit/seed3.h5", "out/transfer/kl/resnet_a__vit/seed3/student.pth",
+                 "out/transfer/ce/none__vit/seed3/eval_after.h5",  # the evaluation compares with the control
+                 "--control out/transfer/ce/none__vit/seed3/eval_after.h5"):
+        assert path in done.stdout, path
+    jobs = [line for line in done.stdout.splitlines() if " transfer " in line or " cache-frozen " in line]
+    assert len(jobs) == 3 and all('"seed": 3' in line for line in jobs)  # the settings' seed (sorted keys)
+    control = [line for line in jobs if "--strategy ce" in line]
+    assert len(control) == 1 and "--teacher" not in control[0] and "--cache" not in control[0]
+    (tmp_path / "one.yaml").write_text("results: out\ntransfer: {seeds: [0]}\n")
+    one = dry_run("out/transfer/kl/resnet_a__vit/transfer_metrics.parquet", "--configfile", str(tmp_path / "one.yaml"))
+    assert one.returncode == 0 and "seed0" not in one.stdout  # one seed keeps the paths without it
+
+
+def test_the_science_config_merges_over_the_default_and_plans_offline() -> None:
+    """configs/science.yaml: every ordered pair, three seeds, the paper's strategies and the control."""
+    science = yaml.safe_load((REPO / "configs" / "science.yaml").read_text())
+    merged = config_with(lambda c: [c[k].update(v) if isinstance(v, dict) else c.update({k: v})
+                                    for k, v in science.items()])
+    assert merged["transfer"]["seeds"] == [0, 1, 2] and merged["select"]["policy"] == "all"
+    assert set(merged["transfer"]["strategies"]) >= {"kl", "kl_dp", "kl_dp_unsup", "ce"}
+    assert merged["transfer"]["epochs"] == DEFAULT["transfer"]["epochs"]  # the default's regime
+    assert len(check(merged)) == 6  # the default's zoo
+    done = dry_run("--configfile", "configs/science.yaml")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "results/science/zoo/resnet_a.pth" in done.stdout
+
+
 @pytest.mark.parametrize("profile", [["--profile", "slurm"], ["--workflow-profile", "workflow/profiles/slurm"]])
 def test_the_slurm_profile_is_found_from_the_repository_root(profile: list[str]) -> None:
     done = dry_run(*profile)
@@ -211,7 +244,7 @@ def test_multi_teacher_group_mistakes_are_named(multi: dict, message: str) -> No
 
 def test_multi_teacher_schema_names_the_key() -> None:
     config = copy.deepcopy(DEFAULT)
-    config["multi_teacher"]["groups"][0]["teacher"] = ["vit"]
+    config["multi_teacher"]["groups"] = [{"student": "resnet_a", "teacher": ["vit"]}]
     with pytest.raises(KtError, match=r"multi_teacher\.groups\.0.*unknown key\(s\) \['teacher'\].*teachers"):
         validate(config, SCHEMA)
 

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from kt.errors import KtError
-from kt.metrics import run_metrics, spearman, summarize, top_classes
+from kt.metrics import overview, run_metrics, summarize, top_classes
+from kt.stats import spearman
 
 # Ten evaluation samples of three classes.
 LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
@@ -55,16 +56,31 @@ def test_top_classes_and_spearman() -> None:
     assert np.isnan(spearman(np.array([1, 2, 3]), np.array([5, 5, 5])))
 
 
+def test_run_metrics_against_the_control() -> None:
+    # the control (labels only) gets samples 0 1 2 3 4 right: 50 %; AFTER gets 0 2 3 4 6 7 8
+    control = np.array([0, 0, 0, 1, 1, 0, 0, 0, 0, 0])
+    m = run_metrics(BEFORE, AFTER, TEACHER, LABELS, 3, control=control)
+    assert m["control_acc"] == 50 and m["delta_vs_control"] == 20
+    assert (m["vs_control_gained"], m["vs_control_lost"]) == (3, 1)  # 6 7 8 gained, 1 lost
+    assert m["vs_control_mcnemar_p"] == pytest.approx(2 * (1 + 4) / 16)  # 0.625
+    assert m["vs_control_significant"] == 0.0
+    assert "control_acc" not in run_metrics(BEFORE, AFTER, TEACHER, LABELS, 3)
+
+
 def run_file(folder: Path, strategy: str, teacher: str, delta: float, members: str | None = None,
-             base: str | None = None, teacher_acc: float = 80.0, significant: bool = False) -> Path:
+             base: str | None = None, teacher_acc: float = 80.0, significant: bool = False, seed: int = 0,
+             student: str = "s", **extra: float) -> Path:
     """A per-run metrics file as `kt evaluate` writes it (only the metrics the summary reads)."""
     values = {"delta": delta, "knowledge_gain": max(delta, 0) + 1, "knowledge_loss": 1 - min(delta, 0),
               "acc_before": 80.0 - delta / 2, "acc_after": 80.0 + delta / 2, "teacher_acc": teacher_acc,
-              "significant": float(significant)}
-    path = folder / f"{strategy}-{teacher}.parquet"
-    pl.DataFrame({"strategy": strategy, "teacher": teacher, "student": "s", "members": members or teacher,
-                  "base_strategy": base, "metric": list(values), "value": list(values.values())},
-                 schema_overrides={"base_strategy": pl.String}).write_parquet(path)
+              "significant": float(significant)} | extra
+    path = folder / f"{strategy}-{teacher}-{student}-{seed}.parquet"
+    pl.DataFrame({"strategy": strategy, "teacher": teacher, "student": student, "members": members or teacher,
+                  "base_strategy": base, "seed": seed, "student_params": 1000, "student_family": "cnn",
+                  "teacher_params": None, "teacher_family": None, "metric": list(values),
+                  "value": list(values.values())},
+                 schema_overrides={"base_strategy": pl.String, "teacher_params": pl.Int64,
+                                   "teacher_family": pl.String}).write_parquet(path)
     return path
 
 
@@ -104,3 +120,44 @@ def test_summary_aggregates_selected_pairs_and_tabulates_groups(tmp_path: Path) 
 
     with pytest.raises(KtError, match="no transfer metrics"):
         summarize([])
+
+
+def test_seeds_get_a_row_per_pair_that_says_when_their_spread_exceeds_the_effect(tmp_path: Path) -> None:
+    files = [run_file(tmp_path, "kl_dp", "a", d, seed=k) for k, d in enumerate([0.1, -0.3, 0.5])]   # sd 0.4
+    files += [run_file(tmp_path, "kl_dp", "b", d, seed=k) for k, d in enumerate([1.0, 1.2, 0.8])]   # sd 0.2
+    files += [run_file(tmp_path, "ce", "none", d, seed=k) for k, d in enumerate([0.2, 0.0, 0.4])]
+    pairs = pl.DataFrame({"teacher": ["a", "b"], "student": ["s", "s"]})
+    table = summarize(files, pairs)
+    per_pair = {r["teacher"]: r for r in table.filter(pl.col("scope") == "pair").iter_rows(named=True)}
+    assert per_pair["a"]["n_seeds"] == 3 and per_pair["a"]["delta"] == pytest.approx(0.1)
+    assert per_pair["a"]["seed_sd"] == pytest.approx(0.4) and per_pair["a"]["seed_spread_exceeds_effect"]
+    assert per_pair["b"]["seed_sd"] == pytest.approx(0.2) and not per_pair["b"]["seed_spread_exceeds_effect"]
+    per = {r["strategy"]: r for r in table.filter(pl.col("scope") == "strategy").iter_rows(named=True)}
+    assert per["kl_dp"]["n_runs"] == 6 and per["kl_dp"]["n_pairs"] == 2
+    assert per["kl_dp"]["seed_sd"] == pytest.approx(0.3)  # mean of 0.4 and 0.2 < |mean Δ| = 0.55
+    assert per["kl_dp"]["success_rate"] == pytest.approx(500 / 6) and not per["kl_dp"]["seed_spread_exceeds_effect"]
+    # the control of the selected pairs' student counts, once per seed, without a teacher-strength bin
+    assert per["ce"]["n_runs"] == 3 and per["ce"]["mean_delta"] == pytest.approx(0.2)
+    assert table.filter((pl.col("scope") == "strategy/bin") & (pl.col("strategy") == "ce")).height == 0
+    assert per["kl_dp"]["mean_delta_ci_low"] is None or np.isnan(per["kl_dp"]["mean_delta_ci_low"])  # 2 pairs
+
+
+def test_aggregates_carry_reproducible_bootstrap_intervals_and_the_forecast_with_its_interval(tmp_path: Path) -> None:
+    deltas = [-0.4, 0.1, 0.3, 0.6, 0.9, 1.5]
+    teachers = list("abcdef")
+    files = [run_file(tmp_path, "kl_dp", t, d, delta_vs_control=d - 0.1) for t, d in zip(teachers, deltas, strict=True)]
+    pairs = pl.DataFrame({"teacher": teachers, "student": ["s"] * 6, "forecast_dp": [1.0, 2, 3, 4, 6, 5],
+                          "pos_flips": [1.0] * 6})
+    row = summarize(files, pairs).filter(pl.col("scope") == "strategy").row(0, named=True)
+    again = summarize(files, pairs).filter(pl.col("scope") == "strategy").row(0, named=True)
+    assert row == again  # seeded bootstrap
+    assert row["mean_delta"] == pytest.approx(0.5)
+    assert row["mean_delta_ci_low"] < 0.5 < row["mean_delta_ci_high"]
+    assert deltas[0] <= row["mean_delta_ci_low"] and row["mean_delta_ci_high"] <= deltas[-1]
+    assert row["mean_delta_vs_control"] == pytest.approx(0.4)
+    # ranks 1 2 3 4 6 5 against 1..6: rho = 1 - 6 * 2 / (6 * 35) = 0.942857
+    assert row["forecast_spearman"] == pytest.approx(1 - 12 / 210) and row["forecast_n"] == 6
+    assert row["forecast_spearman_ci_low"] > 0 and row["forecast_conclusive"]
+    text = overview(summarize(files, pairs)).row(0, named=True)
+    assert text["mean Δ [95 % CI]"] == (f"+0.50 [{row['mean_delta_ci_low']:+.2f}, {row['mean_delta_ci_high']:+.2f}]")
+    assert text["forecast ρ [95 % CI]"].startswith("+0.94 [")

@@ -353,3 +353,25 @@ def test_pretrained_efficientnet_lite0_from_a_local_file_classifies_real_photos(
     # confident, not lucky: most of the mass lies on the right group of classes
     assert probs[0, sorted(cats)].sum() > 0.8
     assert probs[1, sorted(cups)].sum() > 0.8
+
+
+def test_family_is_inferred_from_the_modules_and_a_spec_overrides_it(tmp_path: Path) -> None:
+    from timm.models.mlp_mixer import MlpMixer
+    from timm.models.vision_transformer import VisionTransformer
+
+    from kt.models import infer_family
+
+    assert infer_family(MlpMixer(num_blocks=1, embed_dim=32)) == "mlp"  # a patchifying stem only
+    assert infer_family(VisionTransformer(depth=1, embed_dim=32, num_heads=2)) == "transformer"
+    assert infer_family(timm.create_model("convnext_atto", depths=(1, 1, 1, 1))) == "cnn"  # 4x4/4 stem + 7x7 dw
+    assert infer_family(nn.Sequential(nn.Conv2d(3, 4, 3), nn.MultiheadAttention(4, 1))) == "transformer"  # hybrid
+    spec = ModelSpec(id="timm:resnet18", args={"layers": [1, 1, 1, 1]}, num_classes=3, pretrained=False)
+    model = create_model(spec)
+    from kt.artifacts import logits_attrs
+    from kt.data import Split
+
+    data = Split("eval", np.array(["x0", "x1"]), np.array([0, 1]), ["a", "b", "c"])
+    attrs = logits_attrs(spec, model, data, {"name": "x"})
+    assert attrs["family"] == "cnn" and attrs["params"] == sum(p.numel() for p in model.body.parameters())
+    override = ModelSpec(**{**spec.__dict__, "family": "mlp"})
+    assert logits_attrs(override, model, data, {"name": "x"})["family"] == "mlp"

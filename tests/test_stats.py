@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kt.metrics import run_metrics
-from kt.stats import delta_ci, mcnemar_p
+from kt.stats import bootstrap_ci, delta_ci, mcnemar_p, spearman
 
 
 def exact_two_sided(g: int, l_: int) -> float:
@@ -42,3 +42,22 @@ def test_delta_interval_on_a_hand_made_before_after() -> None:
     assert m["significant"] == 0.0
     assert run_metrics(before, after, before, labels, 2, alpha=0.25)["significant"] == 1.0
     assert delta_ci(113, 88, 10_000) == pytest.approx((-0.02783, 0.52783), abs=1e-4)
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_estimate() -> None:
+    values = np.array([0.2, -0.1, 0.5, 0.3, 0.9, 0.0, 0.4, 0.6])
+    low, high = bootstrap_ci([values], np.mean, seed=3)
+    assert bootstrap_ci([values], np.mean, seed=3) == (low, high)  # reproducible
+    assert bootstrap_ci([values], np.mean, seed=4) != (low, high)  # the seed matters
+    assert values.min() < low < values.mean() < high < values.max()
+    # a 95 % interval of a mean of 8 values: about mean ± 1.96 * sd / sqrt(8) (sd with ddof 0)
+    half = 1.96 * values.std() / math.sqrt(len(values))
+    assert (low, high) == pytest.approx((values.mean() - half, values.mean() + half), abs=0.06)
+    assert all(math.isnan(v) for v in bootstrap_ci([values[:4]], np.mean))  # too few rows: no interval
+
+
+def test_spearman_interval_skips_undefined_resamples() -> None:
+    x, y = np.arange(6.0), np.array([0.0, 2, 1, 3, 5, 4])
+    assert spearman(x, y) == pytest.approx(1 - 6 * 4 / (6 * 35))  # two swapped neighbour pairs: sum d^2 = 4
+    low, high = bootstrap_ci([x, y], spearman, seed=0)
+    assert -1 <= low < spearman(x, y) <= high <= 1  # some resamples are constant (NaN): left out

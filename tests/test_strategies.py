@@ -374,3 +374,15 @@ def test_plain_strategies_have_no_weight_level_state() -> None:
         strategy.after_step(net, 2)
         assert strategy.eval_model(net) is net
         assert strategy.state_dict() == {}
+
+
+def test_ce_control_is_cross_entropy_on_the_labels_without_a_teacher() -> None:
+    from kt.strategies import CE
+
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    labels = torch.tensor([0, 2])
+    strategy = CE()
+    assert not strategy.needs_teacher and not strategy.needs_initial
+    # by hand: -log softmax(student)[label], averaged
+    by_hand = -(torch.log_softmax(student, 1)[0, 0] + torch.log_softmax(student, 1)[1, 2]) / 2
+    assert strategy.loss(Outputs(student=student, labels=labels)) == pytest.approx(by_hand.item())

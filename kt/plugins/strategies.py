@@ -3,12 +3,13 @@
 from functools import partial
 
 import kt
-from kt.strategies import KL, KLDP, XEKL, XEKLMCL
+from kt.strategies import CE, KL, KLDP, XEKL, XEKLMCL
 
 
 @kt.hookimpl
 def register_strategies(register):
     register("kl", KL)
+    register("ce", CE)
     register("xekl", XEKL)
     register("kl_dp", KLDP)
     register("kl_dp_unsup", partial(KLDP, supervised=False))

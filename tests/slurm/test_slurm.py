@@ -36,6 +36,9 @@ STOP = REPO / "tests/slurm/stop.sh"
 PROFILE = "workflow/profiles/slurm"  # relative to REPO, exactly as a user types it
 TINY_CONFIG = REPO / "tests/workflow/config.yaml"
 RESULTS = yaml.safe_load(TINY_CONFIG.read_text())["results"]  # not "results": paths must follow it
+# SLURM adds ~10 s per job: one seed, and no control strategy, keeps the DAG at the size the
+# timeout was set for (the workflow test covers seeds and the control).
+SLURM_TRANSFER = {"seeds": [0], "strategies": ["kl", "kl_dp", "kl_correct"]}
 RUN_TIMEOUT_S = int(os.environ.get("KT_SLURM_RUN_TIMEOUT", 15 * 60))  # hard limit of one Snakemake run
 START_TIMEOUT_S = 15 * 60  # apt-get update + install + daemons
 CANNOT_INSTALL = 3  # start.sh's exit code when the packages are missing and cannot be installed
@@ -81,8 +84,22 @@ def slurm() -> None:
             warnings.warn(f"tests/slurm/stop.sh failed: {stop.stderr[-2000:]}", stacklevel=1)
 
 
+def tiny_config() -> dict:
+    """The workflow test's tiny config, trimmed for SLURM (:data:`SLURM_TRANSFER`)."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["transfer"] |= SLURM_TRANSFER
+    return config
+
+
 @pytest.fixture(scope="module")
-def slurm_args(slurm, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def configfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def slurm_args(slurm, configfile: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """How the tests run the workflow through the SLURM profile on the test cluster.
 
     The cluster has no GPUs, while the profile (and the rules themselves) ask for one per GPU job,
@@ -90,7 +107,7 @@ def slurm_args(slurm, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     `snakemake --list-rules`, so that a new GPU rule needs no change here; gpu=0 on a CPU rule is a
     no-op. (On the command line --set-resources replaces the profile's whole set-resources key.)
     """
-    cmd = [sys.executable, "-m", "snakemake", "--list-rules", "--configfile", str(TINY_CONFIG),
+    cmd = [sys.executable, "-m", "snakemake", "--list-rules", "--configfile", str(configfile),
            "--directory", str(tmp_path_factory.mktemp("rules"))]
     proc = subprocess.run(cmd, cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=300)
     rules = [line.strip() for line in proc.stdout.splitlines() if re.fullmatch(r"\w+", line.strip())]
@@ -99,12 +116,13 @@ def slurm_args(slurm, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def slurm_and_local_runs(slurm_args, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+def slurm_and_local_runs(slurm_args, configfile: Path, tmp_path_factory: pytest.TempPathFactory
+                         ) -> dict[str, tuple[Path, str]]:
     """The tiny workflow run twice from the repository root: locally, then through the SLURM profile."""
     local = tmp_path_factory.mktemp("local")
-    local_out = run_snakemake(local, ["--cores", "2", *UNTIL])
+    local_out = run_snakemake(local, ["--cores", "2", *UNTIL], configfile)
     cluster = tmp_path_factory.mktemp("slurm")
-    cluster_out = run_snakemake(cluster, [*slurm_args, *UNTIL])
+    cluster_out = run_snakemake(cluster, [*slurm_args, *UNTIL], configfile)
     return {"local": (local, local_out), "slurm": (cluster, cluster_out)}
 
 
@@ -125,7 +143,7 @@ def snakemake_env() -> dict[str, str]:
     return env
 
 
-def run_snakemake(workdir: Path, args: list[str], configfile: Path = TINY_CONFIG, targets: list[str] = (),
+def run_snakemake(workdir: Path, args: list[str], configfile: Path, targets: list[str] = (),
                   expect_success: bool = True) -> str:
     """Run the workflow from the repository root with ``--directory workdir``; return its output.
 
@@ -268,7 +286,7 @@ def test_failing_slurm_job_fails_the_run_cleanly(slurm_args, tmp_path, tiny_resn
     """Two jobs that pass validation (and `snakemake -n`) but fail inside their SLURM job: training a
     zoo model whose `drop_rate` is not a number, and extracting logits of a model with the same flaw
     from a local weight file (this one fails with its HDF5 temp file already open)."""
-    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config = tiny_config()
     resnet = next(m for m in config["zoo"]["models"] if m["id"].startswith("timm:resnet"))
     config["zoo"]["models"].append({**resnet, "name": "bad_train",
                                     "args": {**resnet["args"], "drop_rate": "not-a-number"}})

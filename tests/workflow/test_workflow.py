@@ -70,18 +70,32 @@ def test_transfer_runs_and_metrics_are_consistent(run: Path) -> None:
     assert pairs.height >= 1 and (pairs["teacher"] != pairs["student"]).all()
     summary = pl.read_parquet(run / "summary.parquet")
     runs = summary.filter(pl.col("scope") == "run")
-    assert runs.filter("selected").height == pairs.height * 3  # kl, kl_dp and the example plugin's kl_correct
+    # per seed (0, 1): kl, kl_dp and the example plugin's kl_correct per pair; the control ce once per student
+    assert runs.filter("selected").height == 2 * (pairs.height * 3 + pairs["student"].n_unique())
+    assert sorted(runs["seed"].unique()) == [0, 1]
     files = {f.stem: read_logits(f) for f in (run / "logits" / "eval").glob("*.h5")}
+    control = {}  # (student, seed) -> the control run's eval predictions
+    for folder in (run / "transfer" / "ce").iterdir():
+        assert folder.name.startswith("none__")  # one run per student, without a teacher
+        for seed in (0, 1):
+            after = read_logits(folder / f"seed{seed}" / "eval_after.h5")
+            control[folder.name.removeprefix("none__"), seed] = after.predictions
+    assert {s for s, _ in control} == set(runs["student"])
     for row in runs.iter_rows(named=True):
-        folder = run / "transfer" / row["strategy"] / f"{row['teacher']}__{row['student']}"
+        folder = run / "transfer" / row["strategy"] / f"{row['teacher']}__{row['student']}" / f"seed{row['seed']}"
         before, after = read_logits(folder / "eval_before.h5"), read_logits(folder / "eval_after.h5")
         student = files[row["student"]]
-        teachers = np.stack([files[t].predictions for t in row["members"].split(",")])
+        teachers = (before.predictions[None] if row["teacher"] == "none"
+                    else np.stack([files[t].predictions for t in row["members"].split(",")]))
         assert before.attrs["dataset_fingerprint"] == student.attrs["dataset_fingerprint"]
         np.testing.assert_allclose(before.logits, student.logits, rtol=1e-4, atol=1e-4)
-        expected = run_metrics(before.predictions, after.predictions, teachers, before.labels, 10)
+        reference = None if row["strategy"] == "ce" else control[row["student"], row["seed"]]
+        expected = run_metrics(before.predictions, after.predictions, teachers, before.labels, 10, control=reference)
         for key, value in expected.items():
             assert row[key] == pytest.approx(value), key
+        assert json.loads((folder / "config.json").read_text())["settings"]["seed"] == row["seed"]
+        assert row["student_family"] == student.attrs["family"]
+        assert row["student_params"] == student.attrs["params"] > 0
         # the test of Δ, recomputed by hand from the stored eval logits: exact two-sided McNemar
         right_b, right_a = before.predictions == before.labels, after.predictions == after.labels
         gained, lost = int((~right_b & right_a).sum()), int((right_b & ~right_a).sum())
@@ -95,16 +109,29 @@ def test_transfer_runs_and_metrics_are_consistent(run: Path) -> None:
         config = json.loads((folder / "config.json").read_text())
         assert config.get("mode", config["strategy"]) == row["strategy"]
         assert not (folder / "state.pt").exists()
+    families = {m: files[m].attrs["family"] for m in files}
+    assert families == {"mobilenet": "cnn", "resnet": "cnn", "vit": "transformer"}
+    per_pair = summary.filter(pl.col("scope") == "pair")
+    assert (per_pair["n_seeds"] == 2).all() and per_pair.height == runs.height // 2
+    row = per_pair.row(0, named=True)
+    seeds = runs.filter((pl.col("strategy") == row["strategy"]) & (pl.col("teacher") == row["teacher"])
+                        & (pl.col("student") == row["student"]))["delta"]
+    assert (row["delta"], row["seed_sd"]) == pytest.approx((seeds.mean(), seeds.std()))
+    assert row["seed_spread_exceeds_effect"] == (seeds.std() > abs(seeds.mean()))
     strategies = summary.filter(pl.col("scope") == "strategy")
-    assert sorted(strategies["strategy"].to_list()) == ["kl", "kl_correct", "kl_dp"]
+    assert sorted(strategies["strategy"].to_list()) == ["ce", "kl", "kl_correct", "kl_dp"]
+    for row in strategies.filter(pl.col("strategy") != "ce").iter_rows(named=True):  # Δ vs control, per pair
+        chosen = runs.filter(pl.col("selected") & (pl.col("strategy") == row["strategy"]))
+        assert row["mean_delta_vs_control"] == pytest.approx(chosen["delta_vs_control"].mean())
     assert ((strategies["success_rate"] >= 0) & (strategies["success_rate"] <= 100)).all()
     assert {p.name for p in (run / "figures" / "transfer").glob("*.png")} >= {
         "success_rate.png", "delta_vs_accdiff.png", "gain_vs_loss.png", "epoch_curves.png", "multi_teacher.png"}
 
 
 def test_multi_teacher_group(run: Path) -> None:
-    """top 2 of 3 models for the ResNet student: both others, in every mode, next to their single runs."""
-    summary = pl.read_parquet(run / "summary.parquet")
+    """top 2 of 3 models for the ResNet student: both others, in every mode, next to their single runs
+    (per seed; seed 1 checked)."""
+    summary = pl.read_parquet(run / "summary.parquet").filter(pl.col("seed") == 1)
     group = summary.filter(pl.col("scope") == "group").row(0, named=True)
     assert (group["teacher"], group["student"], group["members"]) == ("top2", "resnet", "mobilenet,vit")
     runs = summary.filter(pl.col("scope") == "run")
@@ -115,11 +142,12 @@ def test_multi_teacher_group(run: Path) -> None:
     for mode in ("sequential", "parallel", "soup"):
         delta = runs.filter((pl.col("strategy") == mode) & (pl.col("teacher") == "top2"))["delta"].item()
         assert group[f"{mode}_delta"] == pytest.approx(delta)
-    stages = sorted(p.name for p in (run / "transfer" / "sequential" / "top2__resnet" / "stages").iterdir())
+    transfer = run / "transfer"
+    stages = sorted(p.name for p in (transfer / "sequential" / "top2__resnet" / "seed1" / "stages").iterdir())
     accuracy = {m: read_logits(run / "logits" / "eval" / f"{m}.h5").accuracy for m in ("mobilenet", "vit")}
     assert stages == [f"{k}_{m}" for k, m in enumerate(sorted(accuracy, key=accuracy.get), 1)]  # weakest first
-    soup = torch.load(run / "transfer" / "soup" / "top2__resnet" / "student.pth", weights_only=True)
-    members = [torch.load(run / "transfer" / "kl_dp" / f"{t}__resnet" / "student.pth", weights_only=True)
+    soup = torch.load(transfer / "soup" / "top2__resnet" / "seed1" / "student.pth", weights_only=True)
+    members = [torch.load(transfer / "kl_dp" / f"{t}__resnet" / "seed1" / "student.pth", weights_only=True)
                for t in ("mobilenet", "vit")]
     for key, value in soup.items():
         if value.dtype.is_floating_point:
@@ -142,14 +170,16 @@ def test_report_renders_in_a_real_browser(run: Path, tmp_path: Path) -> None:
     assert "flip_heatmap.png" in html and "summary.csv" in html
     # the landing page: what to read first, and the per-strategy table with the summary's numbers
     assert "What to read first" in html
-    overview = pl.read_csv(run / "report" / "overview.csv")
+    overview = pl.read_csv(run / "report" / "overview.csv", infer_schema=False)  # the text as shown
     strategies = pl.read_parquet(run / "summary.parquet").filter(pl.col("scope") == "strategy")
-    assert overview.columns[:6] == ["strategy", "runs", "success rate %", "significant gain %",
-                                    "significant harm %", "mean Δ"]
+    assert overview.columns[:7] == ["strategy", "runs", "pairs", "success rate % [95 % CI]", "significant gain %",
+                                    "significant harm %", "mean Δ [95 % CI]"]
+    assert "Δ vs ce [95 % CI]" in overview.columns
     assert overview["strategy"].to_list() == strategies["strategy"].to_list()
-    np.testing.assert_allclose(overview["mean Δ"], strategies["mean_delta"].round(2))
+    # few pairs: no bootstrap interval (kt.stats.MIN_ROWS), the estimate alone
+    assert overview["mean Δ [95 % CI]"].to_list() == [f"{v:+.2f}" for v in strategies["mean_delta"]]
     landing = html.split("What to read first")[0]  # the page embeds it as a JSON string
-    for cell in ["success rate %", "mean Δ", *overview["strategy"], *map(str, overview["mean Δ"])]:
+    for cell in ["success rate % [95 % CI]", "mean Δ [95 % CI]", *overview["strategy"], *overview["mean Δ [95 % CI]"]]:
         assert json.dumps(cell)[1:-1] in landing, cell
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:

@@ -1,6 +1,7 @@
 # Config validation, the model grid and small helpers shared by every rule.
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -16,7 +17,8 @@ from kt.errors import KtError
 from kt.multi import RUN_MODES, SOUP
 from kt.registry import get_registry
 from kt.select import top_teachers
-from kt.transfer import TransferSettings
+from kt.metrics import CONTROL, NO_TEACHER
+from kt.transfer import TransferSettings, make_strategy
 
 
 try:
@@ -42,12 +44,21 @@ ENV = "../envs/kt.yaml"
 
 
 STRATEGIES = config["transfer"]["strategies"]
+OPTIONS = config["transfer"]["options"]
+# Strategies without a teacher (the `ce` control) run once per student and seed, under the teacher
+# name NO_TEACHER, instead of once per pair.
+TEACHER_FREE = [s for s in STRATEGIES if not make_strategy(s, OPTIONS.get(s, {}), REGISTRY).needs_teacher]
+PAIRED = [s for s in STRATEGIES if s not in TEACHER_FREE]
+SEEDS = config["transfer"]["seeds"]
 MULTI = config["multi_teacher"]
 GROUPS = {group_name(g): g for g in MULTI["groups"]}  # name -> {student, teachers | top}
 MODES = MULTI["modes"] if GROUPS else []
-# One run folder layout for all: {strategy} is a strategy or a multi-teacher mode, {teacher} a model
-# or a group.
-RUN = f"{RESULTS}/transfer/{{strategy}}/{{teacher}}__{{student}}"
+# One run folder layout for all: {strategy} is a strategy or a multi-teacher mode, {teacher} a model,
+# a group or NO_TEACHER; with several seeds every run (and cache) gets a /seed{seed} level.
+SEED_PART = f"{os.sep}seed{{seed}}" if len(SEEDS) > 1 else ""  # a path level, not an absolute path
+RUN_NAME = f"{{strategy}}/{{teacher}}__{{student}}{SEED_PART}"
+RUN = f"{RESULTS}/transfer/{RUN_NAME}"
+CACHE = f"{RESULTS}/transfer/cache/{{teacher}}__{{student}}{SEED_PART}.h5"
 RUN_OUTPUT = dict(
     weights=f"{RUN}/student.pth",
     before=f"{RUN}/eval_before.h5",
@@ -65,11 +76,12 @@ def one_of(names):
 
 wildcard_constraints:
     model=one_of(MODELS),
-    teacher=one_of([*MODELS, *GROUPS]),
+    teacher=one_of([*MODELS, *GROUPS, NO_TEACHER]),
     student=one_of(MODELS),
     strategy=one_of(dict.fromkeys([*STRATEGIES, MULTI["strategy"], *MODES])),
     zoo_model=one_of(ZOO),
     split="train|eval",
+    seed=one_of(map(str, SEEDS)),
 
 
 def as_arg(value):
@@ -100,26 +112,56 @@ def spec_of(role):
     return param
 
 
+def teacher_option(wildcards):
+    """``--teacher SPEC``, or nothing for a teacher-free strategy's run."""
+    if wildcards.teacher == NO_TEACHER:
+        return ""
+    return f"--teacher {as_arg(MODELS[wildcards.teacher].to_dict())}"
+
+
+def seed_of(wildcards):
+    """The run's seed: its wildcard, or the only seed (one seed keeps run paths without it)."""
+    return int(getattr(wildcards, "seed", SEEDS[0]))
+
+
+def run_path(strategy, teacher, student, seed, name=""):
+    """File ``name`` of a run folder (the folder itself without ``name``)."""
+    return f"{RUN.format(strategy=strategy, teacher=teacher, student=student, seed=seed)}/{name}".rstrip("/")
+
+
 def run_dir(wildcards):
     return RUN.format(**wildcards)
 
 
-def settings_arg(strategy):
-    """TransferSettings as JSON: the shared keys plus this strategy's own options."""
-    settings = {k: config["transfer"][k] for k in SETTINGS_KEYS}
-    settings["device"] = config["device"]
-    settings["options"] = config["transfer"]["options"].get(strategy, {}) if strategy else {}
-    return as_arg(settings)
+def settings_for(strategy=None):
+    """Param function: TransferSettings as JSON, the shared keys plus the run's seed and this
+    strategy's own options (``None``: the run's ``strategy`` wildcard)."""
 
+    def param(wildcards):
+        name = strategy or getattr(wildcards, "strategy", None)
+        settings = {k: config["transfer"][k] for k in SETTINGS_KEYS}
+        settings |= {"seed": seed_of(wildcards), "device": config["device"], "options": OPTIONS.get(name, {})}
+        return as_arg(settings)
 
-def strategy_settings(wildcards):
-    return settings_arg(wildcards.strategy)
+    return param
 
 
 def frozen_cache(wildcards):
-    if config["transfer"]["cache_views"] > 0:
-        return f"{RESULTS}/transfer/cache/{wildcards.teacher}__{wildcards.student}.h5"
+    if config["transfer"]["cache_views"] > 0 and wildcards.teacher != NO_TEACHER:
+        return CACHE.format(**wildcards)
     return []
+
+
+def control_after(wildcards):
+    """Evaluate input: the control run's (``ce``) eval logits for the same student and seed, when
+    the config runs the control; the run is then also compared with it."""
+    if CONTROL not in STRATEGIES or wildcards.strategy == CONTROL:
+        return []
+    return run_path(CONTROL, NO_TEACHER, wildcards.student, seed_of(wildcards), "eval_after.h5")
+
+
+def control_option(wildcards, input):
+    return f"--control {input.control}" if input.control else ""
 
 
 def cache_option(wildcards, input):
@@ -146,23 +188,23 @@ def group_teachers(group):
     return top_teachers(pl.read_parquet(rules.complementarity.output.table), spec["student"], spec["top"])
 
 
-def member_runs(group, name=""):
+def member_runs(group, seed, name=""):
     """The single-teacher runs (multi_teacher.strategy) of a group's teachers into its student."""
     student = GROUPS[group]["student"]
-    return [f"{RESULTS}/transfer/{MULTI['strategy']}/{t}__{student}/{name}" for t in group_teachers(group)]
+    return [run_path(MULTI["strategy"], t, student, seed, name) for t in group_teachers(group)]
 
 
 def member_files(name):
     """Input function: file ``name`` of each member run of the group in wildcard ``teacher``."""
 
     def files(wildcards):
-        return member_runs(wildcards.teacher, name)
+        return member_runs(wildcards.teacher, seed_of(wildcards), name)
 
     return files
 
 
 def member_dirs(wildcards):
-    return " ".join(member_runs(wildcards.teacher))
+    return " ".join(member_runs(wildcards.teacher, seed_of(wildcards)))
 
 
 def group_weights(wildcards):
@@ -175,18 +217,19 @@ def group_specs(wildcards):
 
 
 def run_files(name):
-    """Input function: file ``name`` of every run: selected pairs x strategies, then each group's
-    modes and its members' single-teacher runs."""
+    """Input function: file ``name`` of every run, per seed: selected pairs x strategies (a
+    teacher-free strategy once per student), then each group's modes and its members' runs."""
 
     def files(wildcards):
-        runs = [
-            f"{RESULTS}/transfer/{strategy}/{teacher}__{student}/{name}"
-            for teacher, student in selected_pairs()
-            for strategy in STRATEGIES
-        ]
-        for group, spec in GROUPS.items():
-            runs += [f"{RESULTS}/transfer/{mode}/{group}__{spec['student']}/{name}" for mode in MODES]
-            runs += member_runs(group, name)
+        pairs = list(selected_pairs())
+        students = [s for _, s in pairs] + [spec["student"] for spec in GROUPS.values()]
+        runs = []
+        for seed in SEEDS:
+            runs += [run_path(s, t, student, seed, name) for t, student in pairs for s in PAIRED]
+            runs += [run_path(s, NO_TEACHER, student, seed, name) for student in students for s in TEACHER_FREE]
+            for group, spec in GROUPS.items():
+                runs += [run_path(mode, group, spec["student"], seed, name) for mode in MODES]
+                runs += member_runs(group, seed, name)
         return list(dict.fromkeys(runs))
 
     return files
@@ -194,6 +237,8 @@ def run_files(name):
 
 def teacher_logits(wildcards):
     """Eval logits of a run's teacher, or of every teacher of a group."""
+    if wildcards.teacher == NO_TEACHER:
+        return []
     teachers = group_teachers(wildcards.teacher) if wildcards.teacher in GROUPS else [wildcards.teacher]
     return [f"{RESULTS}/logits/eval/{t}.h5" for t in teachers]
 

@@ -7,16 +7,18 @@ rule evaluate:
         after=RUN_OUTPUT["after"],
         config=RUN_OUTPUT["config"],
         teacher_logits=teacher_logits,
+        control=control_after,
     output:
         metrics=f"{RUN}/transfer_metrics.parquet",
     params:
         kt=KT,
         run_dir=run_dir,
+        control=control_option,
         alpha=config["alpha"],
     log:
-        f"{RESULTS}/logs/evaluate/{{strategy}}/{{teacher}}__{{student}}.log",
+        f"{RESULTS}/logs/evaluate/{RUN_NAME}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{strategy}}/{{teacher}}__{{student}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{RUN_NAME}.tsv"
     conda:
         ENV
     threads: 1
@@ -25,7 +27,7 @@ rule evaluate:
         runtime=10,
     shell:
         "{params.kt} evaluate --run {params.run_dir} --teacher-logits {input.teacher_logits} --strategy {wildcards.strategy} "
-        "--teacher {wildcards.teacher} --student {wildcards.student} --alpha {params.alpha} --out {output.metrics} > {log} 2>&1"
+        "--teacher {wildcards.teacher} --student {wildcards.student} {params.control} --alpha {params.alpha} --out {output.metrics} > {log} 2>&1"
 
 
 rule summarize:

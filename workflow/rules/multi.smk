@@ -18,14 +18,14 @@ rule multi_transfer:
         teachers=group_specs,
         student=spec_of("student"),
         dataset=dataset_arg,
-        settings=settings_arg(MULTI["strategy"]),
+        settings=settings_for(MULTI["strategy"]),
         strategy=MULTI["strategy"],
         order=MULTI["order"],
         run_dir=run_dir,
     log:
-        f"{RESULTS}/logs/transfer/{{strategy}}/{{teacher}}__{{student}}.log",
+        f"{RESULTS}/logs/transfer/{RUN_NAME}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/transfer/{{strategy}}/{{teacher}}__{{student}}.tsv"
+        f"{RESULTS}/benchmarks/transfer/{RUN_NAME}.tsv"
     conda:
         ENV
     threads: 1
@@ -53,13 +53,13 @@ rule soup:
         kt=KT,
         members=member_dirs,
         dataset=dataset_arg,
-        settings=settings_arg(MULTI["strategy"]),
+        settings=settings_for(MULTI["strategy"]),
         batchnorm=MULTI["soup_batchnorm"],
         run_dir=run_dir,
     log:
-        f"{RESULTS}/logs/transfer/{{strategy}}/{{teacher}}__{{student}}.log",
+        f"{RESULTS}/logs/transfer/{RUN_NAME}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/transfer/{{strategy}}/{{teacher}}__{{student}}.tsv"
+        f"{RESULTS}/benchmarks/transfer/{RUN_NAME}.tsv"
     conda:
         ENV
     threads: 1

@@ -2,21 +2,23 @@
 
 
 rule cache_frozen:
+    wildcard_constraints:
+        teacher=one_of(MODELS),
     input:
         teacher=weights_of("teacher"),
         student=weights_of("student"),
     output:
-        cache=f"{RESULTS}/transfer/cache/{{teacher}}__{{student}}.h5",
+        cache=CACHE,
     params:
         kt=KT,
         teacher=spec_of("teacher"),
         student=spec_of("student"),
         dataset=dataset_arg,
-        settings=settings_arg(None),
+        settings=settings_for(),
     log:
-        f"{RESULTS}/logs/cache/{{teacher}}__{{student}}.log",
+        f"{RESULTS}/logs/cache/{{teacher}}__{{student}}{SEED_PART}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/cache/{{teacher}}__{{student}}.tsv"
+        f"{RESULTS}/benchmarks/cache/{{teacher}}__{{student}}{SEED_PART}.tsv"
     conda:
         ENV
     threads: 1
@@ -32,7 +34,7 @@ rule cache_frozen:
 rule transfer:
     wildcard_constraints:
         strategy=one_of(dict.fromkeys([*STRATEGIES, MULTI["strategy"]])),
-        teacher=one_of(MODELS),
+        teacher=one_of([*MODELS, NO_TEACHER]),
     input:
         teacher=weights_of("teacher"),
         student=weights_of("student"),
@@ -42,16 +44,16 @@ rule transfer:
         **RUN_OUTPUT,
     params:
         kt=KT,
-        teacher=spec_of("teacher"),
+        teacher=teacher_option,
         student=spec_of("student"),
         dataset=dataset_arg,
-        settings=strategy_settings,
+        settings=settings_for(),
         cache=cache_option,
         run_dir=run_dir,
     log:
-        f"{RESULTS}/logs/transfer/{{strategy}}/{{teacher}}__{{student}}.log",
+        f"{RESULTS}/logs/transfer/{RUN_NAME}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/transfer/{{strategy}}/{{teacher}}__{{student}}.tsv"
+        f"{RESULTS}/benchmarks/transfer/{RUN_NAME}.tsv"
     conda:
         ENV
     threads: 1
@@ -60,6 +62,6 @@ rule transfer:
         runtime=120,
         gpu=1,
     shell:
-        "{params.kt} --threads {threads} transfer --teacher {params.teacher} --student {params.student} "
+        "{params.kt} --threads {threads} transfer {params.teacher} --student {params.student} "
         "--strategy {wildcards.strategy} --dataset {params.dataset} --settings {params.settings} "
         "{params.cache} --before {input.extracted} --out {params.run_dir} > {log} 2>&1"
