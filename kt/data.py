@@ -8,6 +8,8 @@ applies to any dataset (a stratified fraction or per-split count, as the paper's
 from __future__ import annotations
 
 import hashlib
+import io
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from kt.augment import AUGMENTATIONS, BATCH_KINDS, FLIPPING, SAMPLE_KINDS, AugmentPlan, SampleAugment
 from kt.errors import KtError, closest
 from kt.preprocess import Preprocessing, resize_uint8
 from kt.registry import REQUIRED, Registry, get_registry
@@ -50,6 +53,11 @@ class Split:
         """The samples at ``positions`` (in that order)."""
         raise NotImplementedError
 
+    def load(self, position: int, short_side: int | None = None) -> torch.Tensor:
+        """One sample as uint8 (3, H, W) at its own size (``short_side``: a decoder may stop at a
+        smaller size whose sides are still at least this long)."""
+        raise NotImplementedError
+
     def batches(self, prep: Preprocessing, batch_size: int, positions: np.ndarray | None = None,
                 workers: int = 0, device: torch.device | None = None) -> Iterator[Batch]:
         """uint8 images resized/cropped as ``prep`` says, with labels and their positions.
@@ -69,6 +77,9 @@ class TensorSplit(Split):
         pos = torch.as_tensor(positions, dtype=torch.long)
         return replace(self, ids=self.ids[positions], labels=self.labels[positions], images=self.images[pos])
 
+    def load(self, position: int, short_side: int | None = None) -> torch.Tensor:
+        return self.images[position].expand(3, -1, -1)
+
     def batches(self, prep: Preprocessing, batch_size: int, positions: np.ndarray | None = None,
                 workers: int = 0, device: torch.device | None = None) -> Iterator[Batch]:
         """Slices of the in-memory images; on a GPU ``device`` they travel at native size (for
@@ -85,23 +96,27 @@ class TensorSplit(Split):
             yield images.expand(-1, 3, -1, -1), labels[pos], pos  # resize grey once, then broadcast
 
 
-class _Files(TorchDataset):
-    def __init__(self, paths: list[Path], prep: Preprocessing) -> None:
-        self.paths, self.prep = paths, prep
+def decode(path: Path, short_side: int | None = None) -> torch.Tensor:
+    """An image file as uint8 (3, H, W), by the fastest path measured (benchmarks/loader.py): a JPEG
+    whose short side is at least twice ``short_side`` is decoded by PIL at a reduced DCT scale
+    (``draft``: 1/2, 1/4 or 1/8, still at least ``short_side``), another JPEG by libjpeg-turbo through
+    ``torchvision.io.decode_jpeg`` (1.4x PIL's full decode), anything else by PIL. The file is read
+    once; PIL parses only its header from memory to choose."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        try:
-            with Image.open(self.paths[i]) as image:
-                array = np.asarray(image.convert("RGB"))
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-            raise KtError(f"cannot decode image {self.paths[i]}: {e}. Remove or replace the file.") from None
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1)
-        return resize_uint8(image, self.prep.size, self.prep.crop_pct, self.prep.interpolation)
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG" and not (short_side and min(image.size) >= 2 * short_side):
+                with warnings.catch_warnings():  # torchvision 0.29 deprecates torchvision.io for TorchCodec
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            if short_side and image.format == "JPEG":
+                image.draft("RGB", (short_side, short_side))
+            return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    except (OSError, RuntimeError) as e:  # PIL's UnidentifiedImageError, truncated files, libjpeg errors
+        raise KtError(f"cannot decode image {path}: {e}. Remove or replace the file.") from None
 
 
 @dataclass
@@ -113,16 +128,95 @@ class FileSplit(Split):
     def take(self, positions: np.ndarray) -> FileSplit:
         return replace(self, ids=self.ids[positions], labels=self.labels[positions])
 
+    def load(self, position: int, short_side: int | None = None) -> torch.Tensor:
+        return decode(self.root / str(self.ids[position]), short_side)
+
     def batches(self, prep: Preprocessing, batch_size: int, positions: np.ndarray | None = None,
                 workers: int = 0, device: torch.device | None = None) -> Iterator[Batch]:
-        """Decoded and resized by ``workers`` processes (files differ in size); always on the CPU."""
-        order = np.arange(len(self)) if positions is None else np.asarray(positions)
-        files = _Files([self.root / str(self.ids[i]) for i in order], prep)
-        loader = DataLoader(files, batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available())
-        labels = torch.as_tensor(self.labels, dtype=torch.long)
-        for start, images in zip(range(0, len(order), batch_size), loader, strict=True):
-            pos = torch.as_tensor(order[start:start + batch_size])
-            yield images, labels[pos], pos
+        """Decoded and resized by ``workers`` processes (files differ in size); on the CPU."""
+        yield from Loader(self, prep, batch_size, workers).batches(positions)
+
+
+class _Samples(TorchDataset):
+    """Key (position, pass seed) -> the sample's uint8 view at the model's size: decoded, then
+    augmented (sample kinds) or resized and centre-cropped. Runs in the loader's workers."""
+
+    def __init__(self, split: Split, prep: Preprocessing, kind: str) -> None:
+        self.split, self.prep, self.kind = split, prep, kind
+        full = kind == "rrc_flip"  # a random crop needs the full resolution; the others the resize target
+        self.short_side = None if full else round(prep.size / prep.crop_pct)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        position, seed = key
+        image = self.split.load(position, self.short_side)
+        if self.kind in SAMPLE_KINDS:
+            return SampleAugment(self.kind, seed)(image, position, self.prep)
+        return resize_uint8(image, self.prep.size, self.prep.crop_pct, self.prep.interpolation)
+
+
+class _PassSampler:
+    """The batch sampler of a persistent DataLoader: each pass sets the keys it will yield."""
+
+    def __init__(self) -> None:
+        self.keys: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class Loader:
+    """Augmented uint8 batches of one split at one model's size, pass after pass (epochs, cached
+    views), from ``workers`` persistent, prefetching processes.
+
+    Image files and sample augmentations run per sample in the workers (through ``split.load``);
+    other splits with a batch augmentation (in memory: the small-image default) take their own
+    ``split.batches``, which for a tensor slices it and resizes on ``device``. Batch augmentations
+    run on ``device`` after the copy. Either way a sample's view depends on the pass seed and its position only
+    (:mod:`kt.augment`), so the number of workers never changes a result."""
+
+    def __init__(self, split: Split, prep: Preprocessing, batch_size: int, workers: int = 0,
+                 augment: str = "none", device: torch.device | None = None) -> None:
+        if augment not in AUGMENTATIONS:
+            raise KtError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}.")
+        self.split, self.prep, self.batch_size, self.augment = split, prep, batch_size, augment
+        self.device = device or torch.device("cpu")
+        self.labels = torch.as_tensor(split.labels, dtype=torch.long)
+        self.per_sample = augment in SAMPLE_KINDS or isinstance(split, FileSplit)
+        if self.per_sample and type(split).load is Split.load:
+            raise KtError(f"augmentation {augment!r} works on single images, but {type(split).__name__} has no "
+                          "load(position) (kt.data.Split.load); implement it in the dataset plugin or use a batch "
+                          f"augmentation ({', '.join(BATCH_KINDS)}).")
+        self.sampler = _PassSampler()
+        self.loader = None
+        if self.per_sample:
+            self.loader = DataLoader(_Samples(split, prep, augment), batch_sampler=self.sampler, num_workers=workers,
+                                     persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                                     pin_memory=self.device.type == "cuda")
+
+    def batches(self, positions: np.ndarray | None = None, seed: int = 0) -> Iterator[Batch]:
+        """One pass over ``positions`` (all, in order, by default) with pass seed ``seed``:
+        (uint8 images on the device, labels, positions)."""
+        order = np.arange(len(self.split)) if positions is None else np.asarray(positions)
+        plan = AugmentPlan.make(self.augment, len(self.split), seed) if self.augment in BATCH_KINDS[1:] else None
+        for images, pos in self._raw(order, seed):
+            images = images.to(self.device, non_blocking=True)
+            yield (plan.apply(images, pos) if plan else images), self.labels[pos], pos
+
+    def _raw(self, order: np.ndarray, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if not self.per_sample:
+            for images, _labels, pos in self.split.batches(self.prep, self.batch_size, order, device=self.device):
+                yield images, pos
+            return
+        self.sampler.keys = [[(int(p), seed) for p in chunk] for chunk in chunks]
+        for chunk, images in zip(chunks, self.loader, strict=True):
+            yield images, torch.as_tensor(chunk)
 
 
 class Dataset(Protocol):
@@ -207,7 +301,7 @@ def open_dataset(dataset: dict[str, Any], registry: Registry | None = None) -> D
 
 def check_augment(augment: str, dataset: Dataset, key: str) -> None:
     """Refuse a flip augmentation on a dataset whose labels do not survive a horizontal flip."""
-    if "flip" in augment and not DatasetInfo.of(dataset).hflip:
+    if augment in FLIPPING and not DatasetInfo.of(dataset).hflip:
         raise KtError(f"config key {key}: augmentation {augment!r} flips images, but the dataset declares "
                       "that a horizontal flip changes the label (hflip = False); use 'none' or 'crop'.")
 

@@ -27,12 +27,23 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs that support it (fp16 otherwise); a no-op on the CPU (exact fp32)."""
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that support it, fp16 on older ones (V100, T4), None (exact fp32) on the CPU."""
     if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to :func:`amp_dtype`; a no-op on the CPU."""
+    dtype = amp_dtype(device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling where training runs in fp16 (its gradients underflow without it); disabled,
+    a pass-through, with bf16 or on the CPU."""
+    return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
 
 
 class BatchBackoff:
@@ -53,3 +64,28 @@ class BatchBackoff:
                 log.warning("out of memory: retrying with batch size %d", self.size)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+
+
+def find_batch_size(step: Callable[[int], object], start: int, limit: int = 4096) -> int:
+    """The paper's rule: double the batch from ``start`` while ``step(size)`` fits on the GPU, then
+    keep the last size that did (halving first if ``start`` itself does not fit)."""
+    size, fits = start, None
+    while True:
+        try:
+            step(size)
+            ok = True
+        except torch.OutOfMemoryError:
+            ok = False
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if ok:
+            fits = size
+            if size * 2 > limit:
+                return fits
+            size *= 2
+        elif fits is not None:
+            return fits
+        elif size == 1:
+            raise torch.OutOfMemoryError("not even a batch of 1 fits on the GPU")
+        else:
+            size //= 2

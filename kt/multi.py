@@ -206,7 +206,7 @@ def soup(member_runs: Sequence[str | Path], dataset: dict[str, Any], out_dir: st
               "strategy": base, "base_strategy": base, "batchnorm": batchnorm, "student": student.to_dict(),
               "dataset": dataset, "settings": configs[0]["settings"]}
     epochs = configs[0]["settings"]["epochs"]
-    rows = [epoch_row(0, 0, [], [], 0.0, before, evald), epoch_row(epochs, 0, [], [], 0.0, after, evald)]
+    rows = [epoch_row(0, 0, None, None, 0.0, before, evald), epoch_row(epochs, 0, None, None, 0.0, after, evald)]
     metrics = epoch_table(rows).with_columns(pl.lit("soup").alias("strategy"), pl.lit(group).alias("teacher"),
                                               pl.lit(student.slug).alias("student"))
     write_run(out, model, student, after, evald, dataset, config, metrics)

@@ -2,8 +2,10 @@
 per-epoch metrics, resumable checkpoints, and the optional frozen-output cache.
 
 Every model sees the same augmented view: images are decoded once at the student's resolution
-(uint8), augmented by a seeded :class:`~kt.augment.AugmentPlan`, resized for a teacher of another
-input size, and normalised per model with its own mean/std.
+(uint8) by a :class:`~kt.data.Loader` (its workers decode and apply sample augmentations; batch
+augmentations run on the device), resized for a teacher of another input size, and normalised per
+model with its own mean/std. Nothing in the step waits for the device: losses stay on it and are
+checked for non-finite values every :data:`CHECK_EVERY` steps.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import copy
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +38,9 @@ from kt.artifacts import (
     write_logits,
     write_table,
 )
-from kt.augment import AugmentPlan
-from kt.data import Split, check_augment, load_split, open_dataset
-from kt.device import autocast, pick_device
+from kt.augment import pass_seed
+from kt.data import Loader, Split, check_augment, load_split, open_dataset
+from kt.device import autocast, find_batch_size, grad_scaler, pick_device
 from kt.errors import KtError
 from kt.extract import predict, prepare
 from kt.models import Classifier, ModelSpec, create_model
@@ -58,6 +62,7 @@ class TransferSettings:
 
     epochs: int = _DEFAULTS["epochs"]
     batch_size: int = _DEFAULTS["batch_size"]
+    auto_batch_size: bool = _DEFAULTS["auto_batch_size"]
     lr: float | None = _DEFAULTS["lr"]
     momentum: float = _DEFAULTS["momentum"]
     weight_decay: float = _DEFAULTS["weight_decay"]
@@ -65,6 +70,8 @@ class TransferSettings:
     seed: int = _DEFAULTS["seeds"][0]  # one of transfer.seeds: each seed is its own run
     eval_every: int = _DEFAULTS["eval_every"]
     cache_views: int = _DEFAULTS["cache_views"]
+    cache_dtype: str = _DEFAULTS["cache_dtype"]
+    workers: int = _DEFAULTS["workers"]  # never changes a result (kt.data.Loader)
     device: str = default("device")
     eval_batch_size: int = 512
     options: dict[str, Any] = field(default_factory=dict)
@@ -74,7 +81,7 @@ class TransferSettings:
         return strategy.lr or self.lr or 1e-4 * self.batch_size / 256
 
     def digest(self) -> str:
-        skip = {"device", "eval_batch_size"}
+        skip = {"device", "eval_batch_size", "workers"}
         return hashlib.sha256(json.dumps({k: v for k, v in asdict(self).items() if k not in skip},
                                          sort_keys=True).encode()).hexdigest()[:16]
 
@@ -93,7 +100,8 @@ def view_for(model: Classifier, images: torch.Tensor) -> torch.Tensor:
     prep = model.preprocess
     if images.shape[-1] != prep.size:
         images = resize_uint8(images, prep.size, 1.0, prep.interpolation)
-    return normalize(images, prep)
+    x = normalize(images, prep)
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x  # as the model (kt.extract.prepare)
 
 
 class FrozenLogits:
@@ -101,7 +109,7 @@ class FrozenLogits:
     from the frozen-output cache built by :func:`build_cache` (single teacher only)."""
 
     def __init__(self, teachers: list[Classifier], initial: Classifier | None, device: torch.device,
-                 cache: dict[str, torch.Tensor] | None = None) -> None:
+                 cache: FrozenCache | None = None) -> None:
         self.teachers, self.initial = teachers, initial
         self.device, self.cache = device, cache
 
@@ -113,8 +121,8 @@ class FrozenLogits:
                  ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """(teachers' logits, initial student's logits or None)."""
         if self.cache is not None:
-            initial = self.cache["initial"][view, pos].to(self.device) if self.initial is not None else None
-            return [self.cache["teacher"][view, pos].to(self.device)] if self.teachers else [], initial
+            initial = self.cache.read("initial", view, pos, self.device) if self.initial is not None else None
+            return [self.cache.read("teacher", view, pos, self.device)] if self.teachers else [], initial
         initial = self._logits(self.initial, images) if self.initial is not None else None
         return [self._logits(t, images) for t in self.teachers], initial
 
@@ -130,53 +138,147 @@ def eval_logits(model: Classifier, data: Split, settings: TransferSettings, devi
     was_training = model.training
     model.eval()
     out = np.empty((len(data), model.num_classes), dtype=np.float32)
-    for pos, logits, _ in predict(model, data, settings.eval_batch_size, device):
+    for pos, logits, _ in predict(model, data, settings.eval_batch_size, device, workers=settings.workers):
         out[pos.numpy()] = logits.numpy()
     model.train(was_training)
     return out
 
 
+CACHE_FLUSH_EVERY = 20  # batches between resume points of a cache build
+CACHE_NAMES = ("teacher", "initial")
+
+
 def build_cache(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any], settings: TransferSettings,
                 out: str | Path, registry: Registry | None = None) -> None:
     """Frozen-output cache: teacher and initial-student logits on ``cache_views`` seeded views of the
-    transfer set, shared by every strategy of the pair. Safe for short schedules; long schedules
-    overfit to the fixed views (see README)."""
+    transfer set, shared by every strategy of the pair (README: when it pays, and for how long a
+    schedule fixed views are safe).
+
+    The disk it needs is checked first. A killed build resumes from its last flushed batch: rows
+    go to memory-mapped arrays in ``<out>.partial/`` (they survive SIGKILL) with a progress file,
+    then into the HDF5 file, written atomically."""
     registry = registry or get_registry()
-    views = settings.cache_views
-    if views < 1:
+    if settings.cache_views < 1:
         raise KtError("transfer.cache_views must be >= 1 to build a frozen-output cache.")
+    out = Path(out)
     train = load_split(dataset, "train", registry)
     dev = pick_device(settings.device)
     models = {"teacher": prepare(create_model(teacher, train.classes, registry), dev),
               "initial": prepare(create_model(student, train.classes, registry), dev)}
-    size = models["initial"].preprocess
-    with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
-        arrays = {k: f.create_dataset(k, shape=(views, len(train), m.num_classes), dtype=np.float32)
-                  for k, m in models.items()}
-        for view in range(views):
-            plan = AugmentPlan.make(settings.augment, len(train), settings.seed * 1000 + view)
-            for images, _labels, pos in tqdm(train.batches(size, settings.eval_batch_size),
-                                             desc=f"cache view {view}", mininterval=5):
-                images = plan.apply(images, pos).to(dev)
-                with torch.inference_mode(), autocast(dev):
-                    for name, model in models.items():
-                        arrays[name][view, pos.numpy()] = model(view_for(model, images)).float().cpu().numpy()
-        set_attrs(f, {"kind": "frozen_cache", "teacher": teacher.slug, "student": student.slug,
-                      "views": views, "augment": settings.augment, "seed": settings.seed,
-                      "dataset_fingerprint": train.fingerprint()})
+    attrs = cache_attrs(teacher, student, train, settings)
+    shapes = {k: (settings.cache_views, len(train), m.num_classes) for k, m in models.items()}
+    check_cache_space(out, shapes, settings, f"{teacher.slug} -> {student.slug}")
+    partial = _PartialCache(out, attrs, shapes, settings.cache_dtype)
+    loader = Loader(train, models["initial"].preprocess, settings.eval_batch_size, settings.workers,
+                    settings.augment, dev)
+    first_view, row = partial.resume_point()
+    for view in range(first_view, settings.cache_views):
+        positions = np.arange(row, len(train))
+        batches = loader.batches(positions, pass_seed(settings.seed, view))
+        for i, (images, _labels, pos) in enumerate(tqdm(batches, desc=f"cache view {view}", mininterval=5,
+                                                        total=-(-len(positions) // settings.eval_batch_size))):
+            with torch.inference_mode(), autocast(dev):
+                for name, model in models.items():
+                    partial.arrays[name][view, pos.numpy()] = model(view_for(model, images)).float().cpu().numpy()
+            if (i + 1) % CACHE_FLUSH_EVERY == 0:
+                partial.mark(view, int(pos[-1]) + 1)
+        row = 0
+        partial.mark(view + 1, 0)
+    partial.finish()
+
+
+def cache_attrs(teacher: ModelSpec, student: ModelSpec, train: Split, settings: TransferSettings) -> dict[str, Any]:
+    """What a frozen-output cache was built from; a transfer refuses a cache whose attrs differ."""
+    return {"kind": "frozen_cache", "teacher": teacher.slug, "student": student.slug,
+            "views": settings.cache_views, "augment": settings.augment, "seed": settings.seed,
+            "dtype": settings.cache_dtype, "dataset_fingerprint": train.fingerprint()}
+
+
+def check_cache_space(out: Path, shapes: dict[str, tuple[int, ...]], settings: TransferSettings, pair: str) -> None:
+    """Refuse a build that would not fit the disk: the partial arrays and the HDF5 file coexist
+    while the file is written, so twice the cache's size must be free."""
+    size = sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(settings.cache_dtype).itemsize
+    out.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out.parent).free
+    if 2 * size > free:
+        raise KtError(f"the frozen-output cache of {pair} needs {size / 1e9:.1f} GB ({shapes['teacher'][0]} views x "
+                      f"{shapes['teacher'][1]} images x {shapes['teacher'][2]} classes x 2 models, "
+                      f"{settings.cache_dtype}), twice that while it is written, but {out.parent} has "
+                      f"{free / 1e9:.1f} GB free. Set transfer.cache_dtype: float16, fewer transfer.cache_views, "
+                      "or transfer.cache_views: 0 (frozen models run online).")
+
+
+class _PartialCache:
+    """A cache build's resumable state: memory-mapped ``.npy`` arrays and ``progress.json``
+    (attrs, next view and row), in ``<out>.partial/``."""
+
+    def __init__(self, out: Path, attrs: dict[str, Any], shapes: dict[str, tuple[int, ...]], dtype: str) -> None:
+        self.out, self.attrs, self.folder = out, attrs, out.with_name(out.name + ".partial")
+        self.progress = self.folder / "progress.json"
+        known = json.loads(self.progress.read_text()) if self.progress.exists() else None
+        if known is None or known["attrs"] != attrs:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            known = None
+        mode = "r+" if known else "w+"
+        self.arrays = {k: np.lib.format.open_memmap(self.folder / f"{k}.npy", mode=mode, dtype=dtype, shape=shape)
+                       for k, shape in shapes.items()}
+        self.next = (known["view"], known["row"]) if known else (0, 0)
+        if known:
+            log.info("resuming the cache build of %s at view %d, row %d", out, *self.next)
+
+    def resume_point(self) -> tuple[int, int]:
+        return self.next
+
+    def mark(self, view: int, row: int) -> None:
+        """Rows before (view, row) are on disk: flush them, then record the resume point."""
+        for array in self.arrays.values():
+            array.flush()
+        tmp = self.progress.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"attrs": self.attrs, "view": view, "row": row}))
+        os.replace(tmp, self.progress)
+
+    def finish(self) -> None:
+        """The HDF5 cache, copied a view at a time (row-chunked for per-batch reads), then no partial."""
+        with atomic_path(self.out) as tmp, open_h5(tmp, "w") as f:
+            for name, array in self.arrays.items():
+                views, n, classes = array.shape
+                data = f.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=(1, min(n, 8), classes))
+                for view in range(views):
+                    data[view] = array[view]
+            set_attrs(f, self.attrs)
+        self.arrays.clear()
+        shutil.rmtree(self.folder)
+
+
+class FrozenCache:
+    """A frozen-output cache opened for reading: rows are read per batch, never the whole file."""
+
+    def __init__(self, path: str | Path, expected: dict[str, Any]) -> None:
+        self.path = path
+        self.file = open_h5(path)
+        attrs = dict(self.file.attrs)
+        wrong = {k: (attrs.get(k), v) for k, v in expected.items() if attrs.get(k) != v}
+        if wrong:
+            self.file.close()
+            raise KtError(f"frozen-output cache {path} does not match this transfer ({wrong}); delete it so "
+                          "the workflow rebuilds it.")
+
+    def read(self, name: str, view: int, positions: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """float32 logits of ``name`` on ``view`` for the samples at ``positions`` (any order)."""
+        pos = positions.numpy()
+        order = np.argsort(pos)  # HDF5 reads rows in increasing order
+        rows = np.empty((len(pos), self.file[name].shape[2]), dtype=np.float32)
+        rows[order] = self.file[name][view, pos[order]]
+        return torch.from_numpy(rows).to(device, non_blocking=True)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def load_cache(path: str | Path, teacher: ModelSpec, student: ModelSpec, train: Split,
-               settings: TransferSettings) -> dict[str, torch.Tensor]:
-    with open_h5(path) as f:
-        attrs = dict(f.attrs)
-        expected = {"teacher": teacher.slug, "student": student.slug, "views": settings.cache_views,
-                    "augment": settings.augment, "seed": settings.seed, "dataset_fingerprint": train.fingerprint()}
-        wrong = {k: (attrs.get(k), v) for k, v in expected.items() if attrs.get(k) != v}
-        if wrong:
-            raise KtError(f"frozen-output cache {path} does not match this transfer ({wrong}); delete it so "
-                          "the workflow rebuilds it.")
-        return {k: torch.from_numpy(f[k][:]) for k in ("teacher", "initial")}
+               settings: TransferSettings) -> FrozenCache:
+    return FrozenCache(path, cache_attrs(teacher, student, train, settings))
 
 
 def initial_eval(model: Classifier, data: Split, settings: TransferSettings, device: torch.device,
@@ -233,12 +335,14 @@ class _Run:
     device: torch.device
     train: Split
     evald: Split
-    labels: torch.Tensor  # the transfer set's labels, indexed by position
+    loader: Loader  # the transfer set at the student's size, augmented
     model: Classifier
     frozen: FrozenLogits
     opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # loss scaling for fp16 autocast; a no-op otherwise
     lr: float
     cached: bool
+    chunk: int | None = None  # micro-batch size after an out-of-memory back-off (None: whole batches)
 
 
 def _set_up(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
@@ -259,16 +363,42 @@ def _set_up(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, d
     dev = pick_device(settings.device)
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
     train, evald = load_split(dataset, "train", registry), load_split(dataset, "eval", registry)
     model = prepare(create_model(student, train.classes, registry), dev)
     initial = _frozen(copy.deepcopy(model)) if strategy.needs_initial else None
     teach = [_frozen(prepare(create_model(t, train.classes, registry), dev))
              for t in (teachers if strategy.needs_teacher else [])]
     cached = load_cache(cache, teachers[0], student, train, settings) if cache else None
+    if settings.auto_batch_size and dev.type == "cuda":
+        frozen = [] if cached else [m for m in (*teach, initial) if m is not None]
+        found = find_batch_size(lambda size: _probe_step(model, frozen, size, dev), settings.batch_size)
+        log.info("%s: batch size %d (the largest power-of-two multiple of %d that fits)", pair, found,
+                 settings.batch_size)
+        settings = replace(settings, batch_size=found)
     lr = settings.learning_rate(strategy)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    return _Run(pair, strategy, settings, dev, train, evald, torch.as_tensor(train.labels), model,
-                FrozenLogits(teach, initial, dev, cached), opt, lr, cached is not None)
+    loader = Loader(train, model.preprocess, settings.batch_size, settings.workers, settings.augment, dev)
+    return _Run(pair, strategy, settings, dev, train, evald, loader, model, FrozenLogits(teach, initial, dev, cached),
+                opt, grad_scaler(dev), lr, cached is not None)
+
+
+def _probe_step(model: Classifier, frozen: list[Classifier], size: int, device: torch.device) -> None:
+    """A training step's memory at batch ``size`` (frozen forwards, the student's forward and
+    backward) on random images, leaving the student as it was (weights, batch-norm statistics)."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    side = model.preprocess.size
+    images = torch.randint(0, 256, (size, 3, side, side), dtype=torch.uint8, device=device)
+    try:
+        with torch.no_grad(), autocast(device):
+            for m in frozen:
+                m(view_for(m, images))
+        with autocast(device):
+            model(view_for(model, images)).float().logsumexp(1).mean().backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(state)
 
 
 def _resume_or_evaluate_before(run: _Run, state_path: Path, out: Path, student: ModelSpec, dataset: dict[str, Any],
@@ -281,6 +411,7 @@ def _resume_or_evaluate_before(run: _Run, state_path: Path, out: Path, student: 
             raise KtError(f"{state_path} was written with other settings; delete it to restart {run.pair}.")
         run.model.load_state_dict(state["model"])
         run.opt.load_state_dict(state["optimizer"])
+        run.scaler.load_state_dict(state["scaler"])
         run.strategy.load_state_dict(state["strategy"])
         torch.set_rng_state(state["rng"])
         log.info("resuming %s from epoch %d", run.pair, state["epoch"])
@@ -288,41 +419,94 @@ def _resume_or_evaluate_before(run: _Run, state_path: Path, out: Path, student: 
     logits = initial_eval(run.model, run.evald, run.settings, run.device, before)
     attrs = logits_attrs(student, run.model, run.evald, dataset, logits)
     write_logits(out / "eval_before.h5", logits, run.evald, attrs)
-    return [epoch_row(0, 0, [], [], 0.0, logits, run.evald)], 0, 0
+    return [epoch_row(0, 0, None, None, 0.0, logits, run.evald)], 0, 0
 
 
-def _train_epoch(run: _Run, epoch: int, step: int) -> tuple[list[float], list[float], int]:
-    """One pass over the transfer set in a seeded order and on the epoch's seeded view: (losses,
-    shares of samples taught by a teacher, steps so far)."""
+CHECK_EVERY = 50  # steps between checks for a non-finite loss: the only time the loop waits for the device
+
+
+def _train_epoch(run: _Run, epoch: int, step: int) -> tuple[float, float | None, int]:
+    """One pass over the transfer set in a seeded order and on the epoch's seeded view: (mean loss,
+    mean share of samples taught by a teacher or None, steps so far)."""
     settings, model, strategy = run.settings, run.model, run.strategy
-    gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
+    gen = torch.Generator().manual_seed(pass_seed(settings.seed, epoch))
     order = torch.randperm(len(run.train), generator=gen).numpy()
     view = epoch % settings.cache_views if run.cached else epoch
-    plan = AugmentPlan.make(settings.augment, len(run.train), settings.seed * 1000 + view)
     model.train()
-    losses, shares = [], []
-    for images, _labels, pos in tqdm(run.train.batches(model.preprocess, settings.batch_size, positions=order),
-                                     desc=f"{run.pair} epoch {epoch + 1}", mininterval=5,
-                                     total=-(-len(run.train) // settings.batch_size)):
-        images = plan.apply(images, pos).to(run.device, non_blocking=True)
-        teacher_logits, initial_logits = run.frozen(images, pos, view)
-        outputs = Outputs(student=None, teachers=teacher_logits, initial=initial_logits,
-                          labels=run.labels[pos].to(run.device))
-        with autocast(run.device):
-            outputs.student = model(view_for(model, images))
-        loss = strategy.loss(outputs)
-        if not torch.isfinite(loss):
-            raise KtError(f"non-finite loss ({loss.item()}) in {run.pair} at epoch {epoch + 1}, step {step + 1}; "
-                          f"lower the learning rate (now {run.lr:g}) or check the models' logits.")
-        run.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        run.opt.step()
+    losses, shares, window = [], [], _LossWindow(run, epoch, step)
+    batches = run.loader.batches(order, pass_seed(settings.seed, view))
+    for images, labels, pos in tqdm(batches, desc=f"{run.pair} epoch {epoch + 1}", mininterval=5,
+                                    total=-(-len(run.train) // settings.batch_size)):
+        loss, share = _backward(run, images, labels.to(run.device, non_blocking=True), pos, view)
+        run.scaler.step(run.opt)
+        run.scaler.update()
         step += 1
         strategy.after_step(model, step)
-        losses.append(loss.item())
-        if strategy.last_mask is not None:
-            shares.append(float(strategy.last_mask.float().mean()))
-    return losses, shares, step
+        losses.append(loss)
+        if share is not None:
+            shares.append(share)
+        if step % CHECK_EVERY == 0:
+            window.check(losses, step)
+    window.check(losses, step)
+    mean_loss = torch.stack(losses).double().mean().item()
+    return mean_loss, torch.stack(shares).double().mean().item() if shares else None, step
+
+
+def _backward(run: _Run, images: torch.Tensor, labels: torch.Tensor, pos: torch.Tensor, view: int
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of one batch: (loss, teacher share), both on the device. On GPU out-of-memory the
+    batch is split into micro-batches of half the size (for the rest of the run), their losses
+    weighted by their share of the batch: the same gradient up to rounding, except that batch norm
+    then normalises over each micro-batch."""
+    while True:
+        run.opt.zero_grad(set_to_none=True)
+        try:
+            return _accumulate(run, images, labels, pos, view)
+        except torch.OutOfMemoryError:
+            size = run.chunk or len(pos)
+            if size == 1:
+                raise KtError(f"{run.pair}: out of GPU memory even for one image; use a smaller model, a GPU "
+                              "with more memory, or the frozen-output cache (transfer.cache_views).") from None
+            run.chunk = size // 2
+            run.opt.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.warning("%s: out of memory at batch %d; continuing in micro-batches of %d", run.pair, size, run.chunk)
+
+
+def _accumulate(run: _Run, images: torch.Tensor, labels: torch.Tensor, pos: torch.Tensor, view: int
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    total, taught, size = None, None, run.chunk or len(pos)
+    for start in range(0, len(pos), size):
+        part = slice(start, start + size)
+        teacher_logits, initial_logits = run.frozen(images[part], pos[part], view)
+        outputs = Outputs(student=None, teachers=teacher_logits, initial=initial_logits, labels=labels[part])
+        with autocast(run.device):
+            outputs.student = run.model(view_for(run.model, images[part]))
+        loss = run.strategy.loss(outputs) * (len(outputs.labels) / len(pos))
+        run.scaler.scale(loss).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+        if run.strategy.last_mask is not None:
+            count = run.strategy.last_mask.float().sum()
+            taught = count if taught is None else taught + count
+    return total, None if taught is None else taught / len(pos)
+
+
+class _LossWindow:
+    """Checks the losses of the steps since the last check, naming the first non-finite one."""
+
+    def __init__(self, run: _Run, epoch: int, step: int) -> None:
+        self.run, self.epoch, self.first, self.checked = run, epoch, step, 0
+
+    def check(self, losses: list[torch.Tensor], step: int) -> None:
+        recent = torch.stack(losses[self.checked:]) if len(losses) > self.checked else None
+        self.checked = len(losses)
+        if recent is None or bool(torch.isfinite(recent).all()):
+            return
+        at = int((~torch.isfinite(recent)).nonzero()[0])
+        bad_step = step - len(recent) + at + 1
+        raise KtError(f"non-finite loss ({recent[at].item()}) in {self.run.pair} at epoch {self.epoch + 1}, "
+                      f"step {bad_step}; lower the learning rate (now {self.run.lr:g}) or check the models' logits.")
 
 
 def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
@@ -337,20 +521,24 @@ def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str,
     state_path = out / "state.pt"
     history, start_epoch, step = _resume_or_evaluate_before(run, state_path, out, student, dataset, before)
     run.strategy.setup(run.model)
+    config["batch_size"] = run.settings.batch_size  # the one found when auto_batch_size is on
     for epoch in range(start_epoch, settings.epochs):
         t0 = time.perf_counter()
-        losses, shares, step = _train_epoch(run, epoch, step)
+        loss, share, step = _train_epoch(run, epoch, step)
         logits = None
         if settings.eval_every and ((epoch + 1) % settings.eval_every == 0) and epoch + 1 < settings.epochs:
             logits = eval_logits(run.strategy.eval_model(run.model), run.evald, settings, run.device)
-        history.append(epoch_row(epoch + 1, step, losses, shares, time.perf_counter() - t0, logits, run.evald))
+        history.append(epoch_row(epoch + 1, step, loss, share, time.perf_counter() - t0, logits, run.evald))
         evaluated = history[-1]["eval_accuracy"]
         log.info("%s epoch %d: loss %.4f%s", run.pair, epoch + 1, history[-1]["train_loss"],
                  "" if evaluated is None else f", eval {evaluated:.2f} %")
         save_state(state_path, {"digest": settings.digest(), "pair": run.pair, "model": run.model.state_dict(),
-                                "optimizer": run.opt.state_dict(), "strategy": run.strategy.state_dict(),
+                                "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict(),
+                                "strategy": run.strategy.state_dict(),
                                 "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1, "step": step})
 
+    if run.frozen.cache is not None:
+        run.frozen.cache.close()
     final = run.strategy.eval_model(run.model)
     after = eval_logits(final, run.evald, settings, run.device)
     history[-1]["eval_accuracy"] = accuracy(after, run.evald)
@@ -381,11 +569,10 @@ EPOCH_COLUMNS = {
 }
 
 
-def epoch_row(epoch: int, step: int, losses: list[float], shares: list[float], seconds: float,
+def epoch_row(epoch: int, step: int, loss: float | None, share: float | None, seconds: float,
               logits: np.ndarray | None, evald: Split) -> dict[str, Any]:
     """One row of metrics.parquet (see :data:`EPOCH_COLUMNS`)."""
-    return {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
-            "teacher_share": float(np.mean(shares)) if shares else None,
+    return {"epoch": epoch, "step": step, "train_loss": loss, "teacher_share": share,
             "eval_accuracy": accuracy(logits, evald) if logits is not None else None, "seconds": seconds}
 
 

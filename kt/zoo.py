@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from kt.artifacts import atomic_path
-from kt.augment import AugmentPlan
+from kt.augment import pass_seed
 from kt.batchnorm import recalibrate_batchnorm
-from kt.data import check_augment, load_split, open_dataset
+from kt.data import Loader, check_augment, load_split, open_dataset
 from kt.models import ModelSpec, create_model
 from kt.preprocess import normalize
 from kt.registry import Registry
@@ -48,12 +48,12 @@ def train_zoo_model(spec: ModelSpec, dataset: dict[str, Any], out: str | Path, *
     gen = torch.Generator().manual_seed(seed)
     t0, correct, seen = time.perf_counter(), 0, 0
     bar = tqdm(total=steps, desc=f"train {spec.slug}", unit="step", mininterval=5)
+    loader = Loader(data, model.preprocess, batch_size, augment=augmentation)
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=gen).numpy()
-        plan = AugmentPlan.make(augmentation, len(data), seed=seed * 1000 + epoch)
         correct, seen = 0, 0
-        for images, labels, pos in data.batches(model.preprocess, batch_size, positions=order):
-            x = normalize(plan.apply(images, pos), model.preprocess)
+        for images, labels, _pos in loader.batches(order, pass_seed(seed, epoch)):
+            x = normalize(images, model.preprocess)
             logits = model(x)
             loss = F.cross_entropy(logits, labels)
             opt.zero_grad(set_to_none=True)

@@ -4,7 +4,8 @@ different seeds) on a 256/200-image Fashion-MNIST subset, 2 epochs of batch 64 o
 Checked: the run folder's artifacts against plain PyTorch loops, a plugin strategy without a teacher, reuse
 of the student's extracted eval logits as the before-evaluation, the same augmented view for every model,
 bit-exact resume after a crash, the non-finite-loss stop, the frozen-output cache (bit-exact against the
-online loop, refused when built for other settings) and the paper's default learning rate."""
+online loop, refused when built for other settings), the paper's default learning rate, the automatic batch
+size and the out-of-memory back-off to micro-batches."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import kt.transfer
 from kt.artifacts import open_h5, read_logits
 from kt.augment import AugmentPlan
 from kt.data import load_split
+from kt.device import find_batch_size
 from kt.errors import KtError
 from kt.extract import extract
 from kt.models import ModelSpec, create_model
@@ -378,3 +380,47 @@ def test_learning_rate_defaults() -> None:
     assert TransferSettings().learning_rate(XEKLMCL()) == 1e-2  # the baseline's own base lr wins
     assert TransferSettings(lr=0.5).learning_rate(XEKLMCL()) == 1e-2
     assert TransferSettings().learning_rate(KLDP(lr=3e-3)) == 3e-3
+
+
+# ---------------------------------------------------------------------------------------------- out of memory
+
+
+def test_find_batch_size_doubles_until_out_of_memory() -> None:
+    tried = []
+
+    def step(size: int) -> None:
+        tried.append(size)
+        if size > 96:
+            raise torch.OutOfMemoryError(f"simulated: {size} images")
+
+    assert find_batch_size(step, 16) == 64 and tried == [16, 32, 64, 128]
+    tried.clear()
+    assert find_batch_size(step, 256) == 64 and tried == [256, 128, 64, 128]  # halves first, then stops
+    assert find_batch_size(lambda size: None, 64, limit=512) == 512
+    with pytest.raises(torch.OutOfMemoryError):
+        find_batch_size(lambda size: step(size * 1000), 4)
+
+
+def test_training_backs_off_to_micro_batches_on_out_of_memory(tmp_path: Path, pair, reference, caplog,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A student step over 16 images 'runs out of memory': the run continues in micro-batches of 16
+    (64 -> 32 -> 16) and learns what the uninterrupted run learns, up to batch norm's statistics
+    being taken over micro-batches."""
+    view_for, seen = kt.transfer.view_for, []
+
+    def tight_memory(model, images):
+        if model.training:
+            seen.append(len(images))
+            if len(images) > 16:
+                raise torch.OutOfMemoryError("simulated")
+        return view_for(model, images)
+
+    monkeypatch.setattr(kt.transfer, "view_for", tight_memory)
+    with caplog.at_level("WARNING", logger="kt"):
+        metrics = transfer(*pair, "kl_dp", DATASET, tmp_path, SETTINGS)
+    assert [r.message.rsplit(" ", 1)[-1] for r in caplog.records if "out of memory" in r.message] == ["32", "16"]
+    assert seen[:3] == [64, 32, 16] and set(seen[3:]) == {16}
+    ref_out, ref_metrics = reference
+    assert metrics["step"].to_list() == ref_metrics["step"].to_list()
+    np.testing.assert_allclose(metrics["train_loss"][1:].to_numpy(), ref_metrics["train_loss"][1:].to_numpy(), rtol=0.1)
+    assert abs(metrics["eval_accuracy"][-1] - ref_metrics["eval_accuracy"][-1]) <= 3.0

@@ -68,6 +68,11 @@ RUN_OUTPUT = dict(
 )
 # The transfer keys that are TransferSettings fields (options go per strategy, device is top-level).
 SETTINGS_KEYS = [f.name for f in fields(TransferSettings) if f.name in config["transfer"] and f.name != "options"]
+# Loader workers decode images beside the main process: a job's threads (and its SLURM CPUs) count
+# both, and its memory adds ~500 MB a worker (a torch process with its prefetched batches).
+TRANSFER_THREADS = config["transfer"]["workers"] + 1
+EXTRACT_THREADS = config["extract"]["workers"] + 1
+WORKER_MB = 500
 
 
 def one_of(names):

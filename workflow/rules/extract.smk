@@ -20,9 +20,9 @@ rule extract:
         f"{RESULTS}/benchmarks/extract/{{split}}/{{model}}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: EXTRACT_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=4000 + WORKER_MB * config["extract"]["workers"],
         runtime=60,
         gpu=1,
     shell:

@@ -28,9 +28,9 @@ rule multi_transfer:
         f"{RESULTS}/benchmarks/transfer/{RUN_NAME}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: TRANSFER_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=4000 + WORKER_MB * config["transfer"]["workers"],
         runtime=240,
         gpu=1,
     shell:
@@ -62,9 +62,9 @@ rule soup:
         f"{RESULTS}/benchmarks/transfer/{RUN_NAME}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: TRANSFER_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=4000 + WORKER_MB * config["transfer"]["workers"],
         runtime=30,
         gpu=1,
     shell:

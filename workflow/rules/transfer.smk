@@ -21,9 +21,9 @@ rule cache_frozen:
         f"{RESULTS}/benchmarks/cache/{{teacher}}__{{student}}{SEED_PART}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: TRANSFER_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=4000 + WORKER_MB * config["transfer"]["workers"],
         runtime=60,
         gpu=1,
     shell:
@@ -56,9 +56,9 @@ rule transfer:
         f"{RESULTS}/benchmarks/transfer/{RUN_NAME}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: TRANSFER_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=4000 + WORKER_MB * config["transfer"]["workers"],
         runtime=120,
         gpu=1,
     shell:
