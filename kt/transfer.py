@@ -342,6 +342,7 @@ class _Run:
     scaler: torch.amp.GradScaler  # loss scaling for fp16 autocast; a no-op otherwise
     lr: float
     cached: bool
+    digest: str  # of the settings as configured (before an automatic batch size): what state.pt must match
     chunk: int | None = None  # micro-batch size after an out-of-memory back-off (None: whole batches)
 
 
@@ -371,6 +372,7 @@ def _set_up(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, d
     teach = [_frozen(prepare(create_model(t, train.classes, registry), dev))
              for t in (teachers if strategy.needs_teacher else [])]
     cached = load_cache(cache, teachers[0], student, train, settings) if cache else None
+    digest = settings.digest()
     if settings.auto_batch_size and dev.type == "cuda":
         frozen = [] if cached else [m for m in (*teach, initial) if m is not None]
         found = find_batch_size(lambda size: _probe_step(model, frozen, size, dev), settings.batch_size)
@@ -381,7 +383,7 @@ def _set_up(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, d
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     loader = Loader(train, model.preprocess, settings.batch_size, settings.workers, settings.augment, dev)
     return _Run(pair, strategy, settings, dev, train, evald, loader, model, FrozenLogits(teach, initial, dev, cached),
-                opt, grad_scaler(dev), lr, cached is not None)
+                opt, grad_scaler(dev), lr, cached is not None, digest)
 
 
 def _probe_step(model: Classifier, frozen: list[Classifier], size: int, device: torch.device) -> None:
@@ -407,7 +409,7 @@ def _resume_or_evaluate_before(run: _Run, state_path: Path, out: Path, student: 
     else a fresh start whose epoch 0 is the student evaluated before transfer (``eval_before.h5``)."""
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["digest"] != run.settings.digest() or state["pair"] != run.pair:
+        if state["digest"] != run.digest or state["pair"] != run.pair:
             raise KtError(f"{state_path} was written with other settings; delete it to restart {run.pair}.")
         run.model.load_state_dict(state["model"])
         run.opt.load_state_dict(state["optimizer"])

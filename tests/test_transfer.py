@@ -424,3 +424,15 @@ def test_training_backs_off_to_micro_batches_on_out_of_memory(tmp_path: Path, pa
     assert metrics["step"].to_list() == ref_metrics["step"].to_list()
     np.testing.assert_allclose(metrics["train_loss"][1:].to_numpy(), ref_metrics["train_loss"][1:].to_numpy(), rtol=0.1)
     assert abs(metrics["eval_accuracy"][-1] - ref_metrics["eval_accuracy"][-1]) <= 3.0
+
+
+def test_batch_size_probe_leaves_the_student_as_it_was(pair) -> None:
+    """The probe behind auto_batch_size (GPU only) trains nothing: weights and batch-norm statistics
+    stay, no gradient is left (run here on the CPU, the same code path)."""
+    student = create_model(pair[1], [str(c) for c in range(10)]).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    kt.transfer._probe_step(student, [create_model(pair[0], [str(c) for c in range(10)]).eval()], 8,
+                            torch.device("cpu"))
+    after = student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in student.parameters())
