@@ -123,12 +123,12 @@ def rrc_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, int
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)  # JITTER's order
+
+
 def color_jitter(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """torchvision's ColorJitter (:data:`JITTER`) on uint8, its factors and order drawn from ``rng``."""
-    ops = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
-           "saturation": TF.adjust_saturation, "hue": TF.adjust_hue}
-    factors = {k: rng.uniform(-v, v) if k == "hue" else rng.uniform(1 - v, 1 + v) for k, v in JITTER.items()}
-    for i in rng.permutation(len(ops)):
-        name = list(ops)[i]
-        image = ops[name](image, float(factors[name]))
+    factors = [rng.uniform(-v, v) if k == "hue" else rng.uniform(1 - v, 1 + v) for k, v in JITTER.items()]
+    for i in rng.permutation(len(JITTER_OPS)):
+        image = JITTER_OPS[i](image, float(factors[i]))
     return image

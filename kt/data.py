@@ -38,6 +38,7 @@ class Split:
     ids: np.ndarray
     labels: np.ndarray
     classes: list[str]
+    decodes = False  # class attribute: samples are decoded one by one (Loader runs load() in workers)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -124,6 +125,7 @@ class FileSplit(Split):
     """A split of image files (``ids`` are paths relative to ``root``), decoded by loader workers."""
 
     root: Path | None = None
+    decodes = True
 
     def take(self, positions: np.ndarray) -> FileSplit:
         return replace(self, ids=self.ids[positions], labels=self.labels[positions])
@@ -187,7 +189,7 @@ class Loader:
         self.split, self.prep, self.batch_size, self.augment = split, prep, batch_size, augment
         self.device = device or torch.device("cpu")
         self.labels = torch.as_tensor(split.labels, dtype=torch.long)
-        self.per_sample = augment in SAMPLE_KINDS or isinstance(split, FileSplit)
+        self.per_sample = augment in SAMPLE_KINDS or split.decodes
         if self.per_sample and type(split).load is Split.load:
             raise KtError(f"augmentation {augment!r} works on single images, but {type(split).__name__} has no "
                           "load(position) (kt.data.Split.load); implement it in the dataset plugin or use a batch "

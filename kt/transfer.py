@@ -145,6 +145,7 @@ def eval_logits(model: Classifier, data: Split, settings: TransferSettings, devi
 
 
 CACHE_FLUSH_EVERY = 20  # batches between resume points of a cache build
+COPY_ROWS = 8192  # rows per block when the partial arrays are copied into the HDF5 file (O(block) memory)
 CACHE_NAMES = ("teacher", "initial")
 
 
@@ -239,13 +240,14 @@ class _PartialCache:
         os.replace(tmp, self.progress)
 
     def finish(self) -> None:
-        """The HDF5 cache, copied a view at a time (row-chunked for per-batch reads), then no partial."""
+        """The HDF5 cache, copied in blocks of rows (row-chunked for per-batch reads), then no partial."""
         with atomic_path(self.out) as tmp, open_h5(tmp, "w") as f:
             for name, array in self.arrays.items():
                 views, n, classes = array.shape
                 data = f.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=(1, min(n, 8), classes))
                 for view in range(views):
-                    data[view] = array[view]
+                    for start in range(0, n, COPY_ROWS):
+                        data[view, start:start + COPY_ROWS] = array[view, start:start + COPY_ROWS]
             set_attrs(f, self.attrs)
         self.arrays.clear()
         shutil.rmtree(self.folder)
@@ -257,6 +259,7 @@ class FrozenCache:
     def __init__(self, path: str | Path, expected: dict[str, Any]) -> None:
         self.path = path
         self.file = open_h5(path)
+        self.data = {name: self.file[name] for name in CACHE_NAMES}
         attrs = dict(self.file.attrs)
         wrong = {k: (attrs.get(k), v) for k, v in expected.items() if attrs.get(k) != v}
         if wrong:
@@ -268,8 +271,8 @@ class FrozenCache:
         """float32 logits of ``name`` on ``view`` for the samples at ``positions`` (any order)."""
         pos = positions.numpy()
         order = np.argsort(pos)  # HDF5 reads rows in increasing order
-        rows = np.empty((len(pos), self.file[name].shape[2]), dtype=np.float32)
-        rows[order] = self.file[name][view, pos[order]]
+        rows = np.empty((len(pos), self.data[name].shape[2]), dtype=np.float32)
+        rows[order] = self.data[name][view, pos[order]]
         return torch.from_numpy(rows).to(device, non_blocking=True)
 
     def close(self) -> None:
@@ -382,6 +385,9 @@ def _set_up(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, d
     lr = settings.learning_rate(strategy)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     loader = Loader(train, model.preprocess, settings.batch_size, settings.workers, settings.augment, dev)
+    if train.decodes and not settings.workers:
+        log.warning("%s: transfer.workers is 0, so images are decoded in the training process; set it to the "
+                    "job's spare cores (4-8 per GPU, README 'Image folders at scale')", pair)
     return _Run(pair, strategy, settings, dev, train, evald, loader, model, FrozenLogits(teach, initial, dev, cached),
                 opt, grad_scaler(dev), lr, cached is not None, digest)
 
