@@ -189,9 +189,11 @@ def build_cache(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any],
 
 
 def cache_attrs(teacher: ModelSpec, student: ModelSpec, train: Split, settings: TransferSettings) -> dict[str, Any]:
-    """What a frozen-output cache was built from; a transfer refuses a cache whose attrs differ."""
+    """What a frozen-output cache was built from; a transfer refuses a cache whose attrs differ.
+    Un-augmented views do not depend on the seed, so such a cache serves every seed (seed -1)."""
+    seed = settings.seed if settings.augment != "none" else -1
     return {"kind": "frozen_cache", "teacher": teacher.slug, "student": student.slug,
-            "views": settings.cache_views, "augment": settings.augment, "seed": settings.seed,
+            "views": settings.cache_views, "augment": settings.augment, "seed": seed,
             "dtype": settings.cache_dtype, "dataset_fingerprint": train.fingerprint()}
 
 

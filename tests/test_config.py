@@ -54,7 +54,7 @@ def test_every_artifact_path_follows_results(tmp_path: Path) -> None:
 
 
 def test_seeds_put_each_run_and_cache_under_its_seed_and_the_control_runs_once_per_student(tmp_path: Path) -> None:
-    (tmp_path / "my.yaml").write_text("results: out\ntransfer: {seeds: [0, 3], strategies: [kl, ce]}\n")
+    (tmp_path / "my.yaml").write_text("results: out\ntransfer: {seeds: [0, 3], strategies: [kl, ce], augment: flip}\n")
     targets = ["out/transfer/kl/resnet_a__vit/seed3/transfer_metrics.parquet",
                "out/transfer/ce/none__vit/seed3/student.pth"]
     done = dry_run(*targets, "-p", "--configfile", str(tmp_path / "my.yaml"))  # targets first
@@ -67,6 +67,10 @@ def test_seeds_put_each_run_and_cache_under_its_seed_and_the_control_runs_once_p
     assert len(jobs) == 3 and all('"seed": 3' in line for line in jobs)  # the settings' seed (sorted keys)
     control = [line for line in jobs if "--strategy ce" in line]
     assert len(control) == 1 and "--teacher" not in control[0] and "--cache" not in control[0]
+    (tmp_path / "plain.yaml").write_text("results: out\ntransfer: {seeds: [0, 3], augment: none}\n")
+    plain = dry_run("out/transfer/kl/resnet_a__vit/seed3/student.pth", "-p",
+                    "--configfile", str(tmp_path / "plain.yaml"))
+    assert plain.returncode == 0 and "out/transfer/cache/resnet_a__vit.h5" in plain.stdout  # same views: one cache
     (tmp_path / "one.yaml").write_text("results: out\ntransfer: {seeds: [0]}\n")
     one = dry_run("out/transfer/kl/resnet_a__vit/transfer_metrics.parquet", "--configfile", str(tmp_path / "one.yaml"))
     assert one.returncode == 0 and "seed0" not in one.stdout  # one seed keeps the paths without it

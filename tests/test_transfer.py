@@ -32,7 +32,7 @@ from kt.extract import extract
 from kt.models import ModelSpec, create_model
 from kt.registry import Registry
 from kt.strategies import KL, KLDP, XEKL, XEKLMCL, Outputs, Strategy
-from kt.transfer import TransferSettings, build_cache, transfer
+from kt.transfer import TransferSettings, build_cache, load_cache, transfer
 
 DATASET = {"name": "fashion_mnist", "subset": {"train": 256, "eval": 200}}
 # device pinned to the CPU: the bit-exact comparisons below rely on its deterministic kernels
@@ -368,6 +368,12 @@ def test_frozen_output_cache_equals_the_online_loop(tmp_path: Path, pair, refere
                                    (cached, pair[::-1], "teacher")):
         with pytest.raises(KtError, match=f"does not match.*{what}"):
             transfer(*models, "kl_dp", DATASET, tmp_path / f"refused-{what}", settings, cache=cache)
+
+    # un-augmented views are the same for every seed: such a cache serves them all
+    plain = replace(cached, augment="none", cache_views=1)
+    build_cache(*pair, DATASET, plain, tmp_path / "plain.h5")
+    train = load_split(DATASET, "train")
+    load_cache(tmp_path / "plain.h5", *pair, train, replace(plain, seed=7)).close()
 
 
 # ---------------------------------------------------------------------------------------------- learning rate

@@ -58,7 +58,9 @@ MODES = MULTI["modes"] if GROUPS else []
 SEED_PART = f"{os.sep}seed{{seed}}" if len(SEEDS) > 1 else ""  # a path level, not an absolute path
 RUN_NAME = f"{{strategy}}/{{teacher}}__{{student}}{SEED_PART}"
 RUN = f"{RESULTS}/transfer/{RUN_NAME}"
-CACHE = f"{RESULTS}/transfer/cache/{{teacher}}__{{student}}{SEED_PART}.h5"
+# Un-augmented views are the same for every seed, so then one cache serves all of a pair's seeds.
+CACHE_SEED_PART = SEED_PART if config["transfer"]["augment"] != "none" else ""
+CACHE = f"{RESULTS}/transfer/cache/{{teacher}}__{{student}}{CACHE_SEED_PART}.h5"
 RUN_OUTPUT = dict(
     weights=f"{RUN}/student.pth",
     before=f"{RUN}/eval_before.h5",

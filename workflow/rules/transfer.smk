@@ -16,9 +16,9 @@ rule cache_frozen:
         dataset=dataset_arg,
         settings=settings_for(),
     log:
-        f"{RESULTS}/logs/cache/{{teacher}}__{{student}}{SEED_PART}.log",
+        f"{RESULTS}/logs/cache/{{teacher}}__{{student}}{CACHE_SEED_PART}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/cache/{{teacher}}__{{student}}{SEED_PART}.tsv"
+        f"{RESULTS}/benchmarks/cache/{{teacher}}__{{student}}{CACHE_SEED_PART}.tsv"
     conda:
         ENV
     threads: TRANSFER_THREADS
