@@ -1,5 +1,6 @@
 # Config validation, the model grid and small helpers shared by every rule.
 
+import functools
 import json
 import os
 import re
@@ -10,9 +11,11 @@ from dataclasses import fields
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
+from kt import resources as kt_resources
 from kt.config import check as check_config
 from kt.config import group_name, plugin_folders
 from kt.config import validate as validate_config
+from kt.data import load_split
 from kt.errors import KtError
 from kt.multi import RUN_MODES, SOUP
 from kt.registry import get_registry
@@ -74,7 +77,6 @@ SETTINGS_KEYS = [f.name for f in fields(TransferSettings) if f.name in config["t
 # both, and its memory adds ~500 MB a worker (a torch process with its prefetched batches).
 TRANSFER_THREADS = config["transfer"]["workers"] + 1
 EXTRACT_THREADS = config["extract"]["workers"] + 1
-WORKER_MB = 500
 
 
 def one_of(names):
@@ -280,3 +282,90 @@ def logits(split):
 
 def all_targets():
     return logits("eval") + [f"{RESULTS}/summary.parquet"]
+
+
+# Job resources (kt/resources.py): memory from the models' parameter counts and the loader workers,
+# wall time from images x passes over each model's measured throughput. Snakemake evaluates them
+# again just before it schedules a job, when the models' eval logits (the measurements) exist.
+
+
+@functools.cache
+def split_size(split):
+    """Images in a split (``train``: the transfer set), read once per Snakemake process; the
+    ImageNet validation size while the dataset cannot be read."""
+    try:
+        return len(load_split(config["dataset"], split, REGISTRY))
+    except (KtError, OSError):
+        return 50_000
+
+
+def model_cost(model):
+    """Parameters and images/s of ``model`` from its eval logits (a checkpoint's size before them)."""
+    spec = MODELS[model]
+    cost = kt_resources.ModelCost.read(f"{RESULTS}/logits/eval/{model}.h5", config["resources"]["images_per_s"],
+                                       (spec.preprocess or {}).get("size", 224))
+    if cost.params == kt_resources.UNKNOWN_PARAMS and spec.weights and os.path.isfile(spec.weights):
+        cost = kt_resources.ModelCost(os.path.getsize(spec.weights) // 4, cost.images_per_s, cost.size)
+    return cost
+
+
+def run_teachers(wildcards):
+    """The models a run treats as frozen teachers: none, one, or a group's."""
+    if wildcards.teacher == NO_TEACHER:
+        return []
+    return group_teachers(wildcards.teacher) if wildcards.teacher in GROUPS else [wildcards.teacher]
+
+
+def runtime_of(seconds):
+    """Resource function: minutes for a job whose estimated seconds ``seconds(wildcards)`` gives."""
+
+    def minutes(wildcards, attempt):
+        return kt_resources.runtime_min(seconds(wildcards), safety=config["resources"]["safety"], attempt=attempt)
+
+    return minutes
+
+
+def memory_of(students, frozen, section):
+    """Resource function: MB for a job training ``students(wildcards)`` beside ``frozen(wildcards)``,
+    with the batch and loader workers of config ``section`` (transfer or extract)."""
+
+    def mb(wildcards, attempt):
+        return kt_resources.memory_mb(students=[model_cost(m) for m in students(wildcards)],
+                                      frozen=[model_cost(m) for m in frozen(wildcards)],
+                                      batch=config[section]["batch_size"], workers=config[section]["workers"],
+                                      attempt=attempt)
+
+    return mb
+
+
+def extract_seconds(wildcards):
+    return kt_resources.forward_seconds([model_cost(wildcards.model)], split_size(wildcards.split))
+
+
+def cache_seconds(wildcards):
+    images = split_size("train") * config["transfer"]["cache_views"]
+    return kt_resources.forward_seconds([model_cost(wildcards.teacher), model_cost(wildcards.student)], images)
+
+
+def transfer_seconds(wildcards):
+    """A run: one transfer, or a group's (sequential: one transfer per teacher; parallel: all at once)."""
+    settings = config["transfer"]
+    teachers = [model_cost(t) for t in run_teachers(wildcards)]
+    stages = [[t] for t in teachers] if wildcards.strategy == "sequential" else [teachers]
+    evaluations = 1 + (settings["epochs"] // settings["eval_every"] if settings["eval_every"] else 0)
+    cached = settings["cache_views"] > 0 and wildcards.strategy not in RUN_MODES
+    return sum(kt_resources.transfer_seconds(model_cost(wildcards.student), stage, cached=cached,
+                                             train_images=split_size("train"), eval_images=split_size("eval"),
+                                             epochs=settings["epochs"], evaluations=evaluations)
+               for stage in stages)
+
+
+def soup_seconds(wildcards):
+    """Averaging is instant; batch-norm recalibration runs the transfer set, then the evaluation."""
+    images = split_size("eval") + (split_size("train") if MULTI["soup_batchnorm"] == "recalibrate" else 0)
+    return kt_resources.forward_seconds([model_cost(wildcards.student)], images)
+
+
+def the(role):
+    """``[wildcards.role]``: the one model a resource function sizes."""
+    return lambda wildcards: [getattr(wildcards, role)]

@@ -26,6 +26,7 @@ rule complementarity:
     conda:
         ENV
     threads: 2
+    retries: 0  # not resumable: fails at once
     resources:
         mem_mb=4000,
         runtime=30,
@@ -49,6 +50,7 @@ checkpoint select_pairs:
     conda:
         ENV
     threads: 1
+    retries: 0  # not resumable: fails at once
     resources:
         mem_mb=1000,
         runtime=10,

@@ -22,6 +22,7 @@ rule evaluate:
     conda:
         ENV
     threads: 1
+    retries: 0  # not resumable: fails at once
     resources:
         mem_mb=2000,
         runtime=10,
@@ -55,6 +56,7 @@ rule summarize:
     conda:
         ENV
     threads: 1
+    retries: 0  # not resumable: fails at once
     resources:
         mem_mb=2000,
         runtime=10,

@@ -21,9 +21,10 @@ rule extract:
     conda:
         ENV
     threads: EXTRACT_THREADS
+    retries: 0  # not resumable: fails at once
     resources:
-        mem_mb=4000 + WORKER_MB * config["extract"]["workers"],
-        runtime=60,
+        mem_mb=memory_of(lambda w: [], the("model"), "extract"),
+        runtime=runtime_of(extract_seconds),
         gpu=1,
     shell:
         "{params.kt} --threads {threads} extract --model {params.model} "

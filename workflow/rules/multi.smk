@@ -30,8 +30,8 @@ rule multi_transfer:
         ENV
     threads: TRANSFER_THREADS
     resources:
-        mem_mb=4000 + WORKER_MB * config["transfer"]["workers"],
-        runtime=240,
+        mem_mb=memory_of(the("student"), run_teachers, "transfer"),
+        runtime=runtime_of(transfer_seconds),
         gpu=1,
     shell:
         "{params.kt} --threads {threads} multi-transfer --mode {wildcards.strategy} --group {wildcards.teacher} "
@@ -63,9 +63,10 @@ rule soup:
     conda:
         ENV
     threads: TRANSFER_THREADS
+    retries: 0  # not resumable (cheap): fails at once
     resources:
-        mem_mb=4000 + WORKER_MB * config["transfer"]["workers"],
-        runtime=30,
+        mem_mb=memory_of(lambda w: [], lambda w: [w.student] * len(group_teachers(w.teacher)), "transfer"),
+        runtime=runtime_of(soup_seconds),
         gpu=1,
     shell:
         "{params.kt} --threads {threads} soup --members {params.members} --group {wildcards.teacher} "

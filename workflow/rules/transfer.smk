@@ -23,8 +23,8 @@ rule cache_frozen:
         ENV
     threads: TRANSFER_THREADS
     resources:
-        mem_mb=4000 + WORKER_MB * config["transfer"]["workers"],
-        runtime=60,
+        mem_mb=memory_of(lambda w: [], lambda w: [w.teacher, w.student], "transfer"),
+        runtime=runtime_of(cache_seconds),
         gpu=1,
     shell:
         "{params.kt} --threads {threads} cache-frozen --teacher {params.teacher} --student {params.student} "
@@ -58,8 +58,8 @@ rule transfer:
         ENV
     threads: TRANSFER_THREADS
     resources:
-        mem_mb=4000 + WORKER_MB * config["transfer"]["workers"],
-        runtime=120,
+        mem_mb=memory_of(the("student"), run_teachers, "transfer"),
+        runtime=runtime_of(transfer_seconds),
         gpu=1,
     shell:
         "{params.kt} --threads {threads} transfer {params.teacher} --student {params.student} "

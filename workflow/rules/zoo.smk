@@ -20,6 +20,7 @@ rule train_zoo:
     conda:
         ENV
     threads: 1
+    retries: 0  # not resumable: fails at once
     resources:
         mem_mb=2000,
         runtime=60,
