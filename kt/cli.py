@@ -135,6 +135,22 @@ def cmd_extract(args: argparse.Namespace) -> None:
             device=args.device, features=args.features, workers=args.workers, registry=_registry(args))
 
 
+@command(MODEL, DATASET, arg("--device", default=DEVICE, help="auto (GPU if given one), cpu, cuda, cuda:N"),
+         arg("--out", required=True, help="HDF5 file of the head"))
+def cmd_zero_shot_head(args: argparse.Namespace) -> None:
+    """Build an open_clip model's zero-shot head once (text tower over classes x templates) and store it."""
+    from kt.data import load_split
+    from kt.device import pick_device
+    from kt.plugins.open_clip_source import write_head
+
+    spec = _spec(args.model)
+    if spec.source != "open_clip":
+        raise KtError(f"model {spec.slug!r} is not an open_clip model: only those build a zero-shot head.")
+    classes = load_split(args.dataset, "eval", _registry(args)).classes
+    attrs = write_head(spec, classes, args.out, pick_device(args.device))
+    print(f"{spec.slug}: zero-shot head of {len(attrs['classes'])} classes, {attrs['templates']} templates: {args.out}")
+
+
 @command(MODEL, DATASET, arg("--out", required=True),
          arg("--batch-size", type=int, default=ZOO["batch_size"]),
          arg("--epochs", type=int, default=ZOO_MODEL["epochs"]),

@@ -3,9 +3,20 @@
 CLIP models have no classifier, so one is built zero-shot from the dataset's class names and
 prompt templates (open_clip ships ImageNet's names and the OpenAI templates); logits are
 ``logit_scale * <image embedding, class embedding>`` through an ordinary linear head.
+
+Building a head runs the text tower over classes x templates (1000 x 80 prompts for ImageNet), so
+the workflow builds it once per model (``kt zero-shot-head``, an HDF5 artifact whose attrs say what
+it was built from) and hands it to every job as ``args.head``; a head built for other classes,
+templates or weights is refused, never reused.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -17,11 +28,14 @@ from open_clip.zero_shot_metadata import (
 from torch import nn
 
 import kt
+from kt.artifacts import atomic_path, open_h5, set_attrs
 from kt.errors import KtError
 from kt.models import Classifier, ModelSource, ModelSpec, weights_origin
 from kt.preprocess import Preprocessing
 
 TEMPLATES = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
+HEAD_ARG = "head"  # args key: a stored zero-shot head (kt zero-shot-head) instead of building one
+SYNSET = re.compile(r"n\d{8}")
 
 
 class ZeroShotBody(nn.Module):
@@ -47,31 +61,105 @@ class OpenClipSource(ModelSource):
         return arch.split("/", 1)[0]
 
     def create(self, spec: ModelSpec, classes: list[str] | None) -> Classifier:
-        name, _, tag = spec.arch.partition("/")
-        args = dict(spec.args)
-        templates = TEMPLATES.get(args.pop("templates", "openai"))
-        if templates is None:
-            raise KtError(f"model {spec.slug!r}: args.templates must be one of {sorted(TEMPLATES)}.")
-        pretrained = spec.weights or (tag if spec.pretrained and tag else None)
-        try:
-            clip = open_clip.create_model(name, pretrained=pretrained, **args)
-        except (RuntimeError, OSError, TypeError) as e:
-            raise KtError(f"model {spec.slug!r}: open_clip could not load {name} with "
-                          f"pretrained={pretrained!r}: {e}. Offline? Set 'weights' to a local file.") from None
-        classnames = classes or list(IMAGENET_CLASSNAMES)
-        tokenizer = open_clip.get_tokenizer(name)
+        name, args, templates = _parse_args(spec)
+        head_file = args.pop(HEAD_ARG, None)
+        clip = _load_clip(spec, name, args)
+        classnames = readable_classes(spec, classes)
+        if head_file:
+            weights = read_head(head_file, head_attrs(spec, classnames, templates))
+        else:
+            weights = build_head(clip, name, classnames, templates, torch.device("cpu"))
+        head = nn.Linear(weights.shape[1], weights.shape[0], bias=False)
         with torch.no_grad():
-            weights = open_clip.build_zero_shot_classifier(
-                clip, tokenizer=tokenizer, classnames=classnames, templates=templates,
-                num_classes_per_batch=10, device="cpu", use_tqdm=False)  # (D, C)
-            head = nn.Linear(weights.shape[0], weights.shape[1], bias=False)
-            head.weight.copy_(clip.logit_scale.exp() * weights.T)
+            head.weight.copy_(weights)
         cfg = clip.visual.preprocess_cfg
         size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][-1]
         prep = Preprocessing(size=int(size), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                              interpolation=cfg.get("interpolation", "bicubic"), crop_pct=1.0)
         return Classifier(ZeroShotBody(clip, head), head, prep.updated(spec.preprocess), len(classnames),
                           spec, weights_origin(spec, f"open_clip/{spec.arch}"), classnames)
+
+
+def _parse_args(spec: ModelSpec) -> tuple[str, dict[str, Any], str]:
+    """(architecture, open_clip.create_model kwargs + head, template set name)."""
+    args = dict(spec.args)
+    templates = args.pop("templates", "openai")
+    if templates not in TEMPLATES:
+        raise KtError(f"model {spec.slug!r}: args.templates must be one of {sorted(TEMPLATES)}.")
+    return spec.arch.partition("/")[0], args, templates
+
+
+def _load_clip(spec: ModelSpec, name: str, args: dict[str, Any]) -> nn.Module:
+    tag = spec.arch.partition("/")[2]
+    pretrained = spec.weights or (tag if spec.pretrained and tag else None)
+    try:
+        return open_clip.create_model(name, pretrained=pretrained, **args)
+    except (RuntimeError, OSError, TypeError) as e:
+        raise KtError(f"model {spec.slug!r}: open_clip could not load {name} with "
+                      f"pretrained={pretrained!r}: {e}. Offline? Set 'weights' to a local file.") from None
+
+
+def readable_classes(spec: ModelSpec, classes: list[str] | None) -> list[str]:
+    """Class names for the prompts: the dataset's, open_clip's ImageNet names for ImageNet's synset
+    folders (in timm's order), and an error for other folder ids, which make meaningless prompts."""
+    if not classes:
+        return list(IMAGENET_CLASSNAMES)
+    if not all(SYNSET.fullmatch(c) for c in classes):
+        return list(classes)
+    from timm.data import ImageNetInfo
+
+    synsets = ImageNetInfo().label_names()
+    if sorted(classes) == sorted(synsets):
+        names = dict(zip(synsets, IMAGENET_CLASSNAMES, strict=True))
+        return [names[c] for c in classes]
+    raise KtError(f"model {spec.slug!r} builds its classifier from class names, but the dataset's classes are "
+                  f"folder ids ({', '.join(classes[:3])}, ...) that are not ImageNet-1k's 1000 synsets. Set "
+                  "dataset.classes_file: a text file with one folder name per line, a tab, and a readable name.")
+
+
+def build_head(clip: nn.Module, name: str, classnames: list[str], templates: str,
+               device: torch.device) -> torch.Tensor:
+    """(C, D) zero-shot weights, logit scale folded in: the text tower over classes x templates."""
+    clip = clip.to(device).eval()
+    with torch.no_grad():
+        weights = open_clip.build_zero_shot_classifier(
+            clip, tokenizer=open_clip.get_tokenizer(name), classnames=classnames, templates=TEMPLATES[templates],
+            num_classes_per_batch=10, device=device, use_tqdm=False)  # (D, C)
+        return (clip.logit_scale.exp() * weights.T).float().cpu()
+
+
+def head_attrs(spec: ModelSpec, classnames: list[str], templates: str) -> dict[str, Any]:
+    """What a head is built from; a stored head whose attrs differ is refused."""
+    prompts = [t("{}") for t in TEMPLATES[templates]]
+    return {"kind": "zero_shot_head", "model_id": spec.id,
+            "weights_origin": weights_origin(spec, f"open_clip/{spec.arch}"),
+            "classes_digest": _digest(classnames), "templates": templates, "templates_digest": _digest(prompts)}
+
+
+def _digest(items: list[str]) -> str:
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def write_head(spec: ModelSpec, classes: list[str] | None, out: str | Path, device: torch.device) -> dict[str, Any]:
+    """Build ``spec``'s zero-shot head on ``device`` and store it (atomically) with its attrs."""
+    name, args, templates = _parse_args(spec)
+    args.pop(HEAD_ARG, None)
+    classnames = readable_classes(spec, classes)
+    weights = build_head(_load_clip(spec, name, args), name, classnames, templates, device)
+    attrs = head_attrs(spec, classnames, templates) | {"classes": classnames}
+    with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
+        f.create_dataset("weight", data=weights.numpy())
+        set_attrs(f, attrs)
+    return attrs
+
+
+def read_head(path: str | Path, expected: dict[str, Any]) -> torch.Tensor:
+    with open_h5(path) as f:
+        wrong = {k: (f.attrs.get(k), v) for k, v in expected.items() if f.attrs.get(k) != v}
+        if wrong:
+            raise KtError(f"zero-shot head {path} was built from something else ({wrong}): delete it, and the "
+                          "workflow builds it again for these classes, templates and weights.")
+        return torch.from_numpy(f["weight"][()])
 
 
 @kt.hookimpl

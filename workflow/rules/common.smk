@@ -6,7 +6,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
@@ -18,6 +18,7 @@ from kt.config import validate as validate_config
 from kt.data import load_split
 from kt.errors import KtError
 from kt.multi import RUN_MODES, SOUP
+from kt.plugins.open_clip_source import TEMPLATES
 from kt.registry import get_registry
 from kt.select import top_teachers
 from kt.metrics import CONTROL, NO_TEACHER
@@ -37,6 +38,11 @@ for failure in REGISTRY.failures:  # the others keep working; `kt plugins` shows
 
 RESULTS = config["results"]
 ZOO = {m["name"]: m for m in config["zoo"].get("models", [])}
+# open_clip models read their zero-shot head from a file built once (rule zero_shot_head) instead
+# of running the text tower in every job; HEAD_SPECS keep the specs the heads are built from.
+HEADS = {m: f"{RESULTS}/heads/{m}.h5" for m, spec in MODELS.items() if spec.source == "open_clip"}
+HEAD_SPECS = {m: MODELS[m] for m in HEADS}
+MODELS = {m: replace(spec, args={**spec.args, "head": HEADS[m]}) if m in HEADS else spec for m, spec in MODELS.items()}
 PLUGIN_ARGS = " ".join(f"--plugin-dir {shlex.quote(d)}" for d in PLUGIN_DIRS)
 # The interpreter running Snakemake has kt installed (this file imports it): jobs use the same one,
 # so `.venv/bin/snakemake` works without activating the venv (and on cluster nodes sharing the path).
@@ -98,16 +104,16 @@ def as_arg(value):
     return shlex.quote(json.dumps(value, sort_keys=True))
 
 
-def zoo_weights(model):
-    """A zoo model's checkpoint (so later steps wait for its training); nothing for other models."""
-    return [MODELS[model].weights] if model in ZOO else []
+def model_files(model):
+    """What a job loading ``model`` waits for: a zoo model's checkpoint, an open_clip model's head."""
+    return [MODELS[model].weights] if model in ZOO else [HEADS[model]] if model in HEADS else []
 
 
 def weights_of(role):
-    """Input function: the zoo checkpoint of the model in wildcard ``role`` (model, teacher, student)."""
+    """Input function: the files (model_files) of the model in wildcard ``role`` (model, teacher, student)."""
 
     def files(wildcards):
-        return zoo_weights(getattr(wildcards, role))
+        return model_files(getattr(wildcards, role))
 
     return files
 
@@ -218,7 +224,7 @@ def member_dirs(wildcards):
 
 def group_weights(wildcards):
     """The zoo checkpoints of a group's teachers."""
-    return [f for t in group_teachers(wildcards.teacher) for f in zoo_weights(t)]
+    return [f for t in group_teachers(wildcards.teacher) for f in model_files(t)]
 
 
 def group_specs(wildcards):
@@ -287,6 +293,20 @@ def all_targets():
 # Job resources (kt/resources.py): memory from the models' parameter counts and the loader workers,
 # wall time from images x passes over each model's measured throughput. Snakemake evaluates them
 # again just before it schedules a job, when the models' eval logits (the measurements) exist.
+
+
+@functools.cache
+def class_count():
+    try:
+        return len(load_split(config["dataset"], "eval", REGISTRY).classes)
+    except (KtError, OSError):
+        return 1000
+
+
+def head_seconds(wildcards):
+    """The text tower over classes x templates, as fast as the image tower (a stand-in)."""
+    prompts = class_count() * len(TEMPLATES[HEAD_SPECS[wildcards.model].args.get("templates", "openai")])
+    return kt_resources.forward_seconds([model_cost(wildcards.model)], prompts)
 
 
 @functools.cache

@@ -31,3 +31,30 @@ rule extract:
         "--dataset {params.dataset} --split {wildcards.split} --batch-size {params.batch_size} "
         "--workers {params.workers} --device {params.device} {params.features} "
         "--out {output.logits} > {log} 2>&1"
+
+
+rule zero_shot_head:
+    wildcard_constraints:
+        model=one_of(HEADS),
+    output:
+        head=f"{RESULTS}/heads/{{model}}.h5",
+    params:
+        kt=KT,
+        model=lambda wildcards: as_arg(HEAD_SPECS[wildcards.model].to_dict()),
+        dataset=dataset_arg,
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/heads/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads/{{model}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    retries: 0  # not resumable: fails at once
+    resources:
+        mem_mb=memory_of(lambda w: [], the("model"), "extract"),
+        runtime=runtime_of(head_seconds),
+        gpu=1,
+    shell:
+        "{params.kt} --threads {threads} zero-shot-head --model {params.model} --dataset {params.dataset} "
+        "--device {params.device} --out {output.head} > {log} 2>&1"
