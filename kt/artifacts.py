@@ -73,18 +73,17 @@ class LogitsWriter:
     before closing the file."""
 
     def __init__(self, f: h5py.File, ids: np.ndarray, labels: np.ndarray, num_classes: int,
-                 feature_dim: int | None = None, flush_bytes: int = 1 << 20) -> None:
+                 feature_dim: int | None = None, flush_bytes: int = 1 << 20, dtype: str = "float32") -> None:
         n = len(labels)
         self.f, self.flush_bytes = f, flush_bytes
         self._start, self._rows, self._bytes, self._parts = 0, 0, 0, []
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
         index = _index_array(ids)
         f.create_dataset("index", data=index, dtype=index.dtype)
-        f.create_dataset("logits", shape=(n, num_classes), dtype=np.float32,
-                         chunks=row_chunks((n, num_classes), 4))
+        item = np.dtype(dtype).itemsize
+        f.create_dataset("logits", shape=(n, num_classes), dtype=dtype, chunks=row_chunks((n, num_classes), item))
         if feature_dim:
-            f.create_dataset("features", shape=(n, feature_dim), dtype=np.float32,
-                             chunks=row_chunks((n, feature_dim), 4))
+            f.create_dataset("features", shape=(n, feature_dim), dtype=dtype, chunks=row_chunks((n, feature_dim), item))
 
     def write(self, start: int, logits: np.ndarray, features: np.ndarray | None = None) -> None:
         if self._parts and start != self._start + self._rows:
@@ -208,7 +207,8 @@ def check_version(path: str | Path, attrs: dict[str, Any]) -> None:
 
 
 def read_logits(path: str | Path, features: bool = False) -> LogitsFile:
-    """Load a logits file fully into memory, checking its layout and format version."""
+    """Load a logits file fully into memory (float32 whatever the storage), checking its layout and
+    format version."""
     with open_h5(path) as f:
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
         check_version(path, attrs)
@@ -220,8 +220,9 @@ def read_logits(path: str | Path, features: bool = False) -> LogitsFile:
             index = f["index"][:]
             if index.dtype.kind == "O":
                 index = index.astype(str)
-            return LogitsFile(Path(path), f["logits"][:], f["labels"][:], index, attrs,
-                              f["features"][:] if features and "features" in f else None)
+            feats = f["features"][:].astype(np.float32, copy=False) if features and "features" in f else None
+            return LogitsFile(Path(path), f["logits"][:].astype(np.float32, copy=False), f["labels"][:], index,
+                              attrs, feats)
         except OSError as e:
             raise KtError(f"{path} is truncated or corrupt ({e}); delete it and rerun the step.") from None
 

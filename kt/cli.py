@@ -68,6 +68,10 @@ def _settings(args: argparse.Namespace):
         raise KtError(f"unknown transfer setting: {e}; see config.yaml's transfer section.") from None
 
 
+def _workers(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
 def _spec(value: Any):
     from kt.models import ModelSpec
 
@@ -126,13 +130,16 @@ def cmd_inspect(args: argparse.Namespace) -> None:
          arg("--batch-size", type=int, default=EXTRACT["batch_size"], help="upper bound; halves on GPU OOM"),
          arg("--device", default=DEVICE, help="auto (GPU if given one), cpu, cuda, cuda:N"),
          arg("--features", action="store_true", help="also store pooled features"),
-         arg("--workers", type=int, default=EXTRACT["workers"], help="image decoding processes (image folders)"))
+         arg("--workers", type=_workers, default=EXTRACT["workers"],
+             help="image decoding processes, or auto: the job's CPUs minus one for image folders"),
+         arg("--dtype", default=EXTRACT["dtype"], choices=["float32", "float16"], help="storage of logits/features"))
 def cmd_extract(args: argparse.Namespace) -> None:
     """Run one model over one split and write results/logits/{split}/{model}.h5."""
     from kt.extract import extract
 
     extract(_spec(args.model), args.dataset, args.split, args.out, batch_size=args.batch_size,
-            device=args.device, features=args.features, workers=args.workers, registry=_registry(args))
+            device=args.device, features=args.features, workers=args.workers, dtype=args.dtype,
+            registry=_registry(args))
 
 
 @command(MODEL, DATASET, arg("--device", default=DEVICE, help="auto (GPU if given one), cpu, cuda, cuda:N"),

@@ -257,13 +257,15 @@ class DatasetInfo:
     std: tuple[float, float, float] = IMAGENET_STD
     size: int | None = None
     hflip: bool = True
+    decodes: bool = False  # samples are image files decoded one by one (loader workers pay off)
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetInfo:
         defaults = cls()
         return cls(mean=tuple(getattr(dataset, "mean", defaults.mean)),
                    std=tuple(getattr(dataset, "std", defaults.std)),
-                   size=getattr(dataset, "size", None), hflip=bool(getattr(dataset, "hflip", True)))
+                   size=getattr(dataset, "size", None), hflip=bool(getattr(dataset, "hflip", True)),
+                   decodes=bool(getattr(dataset, "decodes", False)))
 
     def preprocess(self) -> dict[str, Any]:
         """Preprocessing for models trained on this dataset (the zoo): its statistics, its native

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,11 +70,25 @@ def predict(model: Classifier, data: Split, batch_size: int, device: torch.devic
             yield to_cpu(*pending)
 
 
+def loader_workers(workers: int | str, data: Split) -> int:
+    """``auto``: every CPU this job may use but the main process's, for a split that decodes image
+    files (the CPUs are the fewer of the process's affinity and its torch threads, i.e. the rule's
+    threads); in-memory data needs none."""
+    if workers != "auto":
+        return int(workers)
+    if not data.decodes:
+        return 0
+    return max(0, min(len(os.sched_getaffinity(0)), torch.get_num_threads()) - 1)
+
+
 def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Path,
             batch_size: int = DEFAULTS["batch_size"], device: str = DEVICE, features: bool = DEFAULTS["features"],
-            workers: int = DEFAULTS["workers"], registry: Registry | None = None) -> dict[str, Any]:
-    """Write ``out`` (atomically, streaming row chunks) and return its attrs."""
+            workers: int | str = DEFAULTS["workers"], dtype: str = DEFAULTS["dtype"],
+            registry: Registry | None = None) -> dict[str, Any]:
+    """Write ``out`` (atomically, streaming row chunks; logits and features stored as ``dtype``) and
+    return its attrs."""
     data = load_split(dataset, split, registry)
+    workers = loader_workers(workers, data)
     model = create_model(spec, data.classes, registry)
     if int(data.labels.max()) >= model.num_classes:
         raise KtError(f"dataset labels go up to {int(data.labels.max())} but model {spec.slug!r} "
@@ -95,7 +110,7 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
             pos, logits, feats = item
             if writer is None:
                 writer = LogitsWriter(f, data.ids, data.labels, logits.shape[1],
-                                      feats.shape[1] if feats is not None else None)
+                                      feats.shape[1] if feats is not None else None, dtype=dtype)
             writer.write(int(pos[0]), logits.numpy(), feats.numpy() if feats is not None else None)
             correct += int((logits.argmax(1).numpy() == data.labels[pos.numpy()]).sum())
             bar.update(len(pos))
@@ -104,7 +119,7 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
             writer.flush()
         attrs = logits_attrs(spec, model, data, dataset) | {
             "accuracy": 100.0 * correct / len(data), "images_per_s": len(data) / max(busy, 1e-9),
-            "device": str(dev), "batch_size": backoff.size}
+            "device": str(dev), "batch_size": backoff.size, "workers": workers, "dtype": dtype}
         set_attrs(f, attrs)
     log.info("%s: top-1 %.2f %% on %d %s images, %.0f img/s -> %s",
              spec.slug, attrs["accuracy"], len(data), split, attrs["images_per_s"], out)

@@ -305,3 +305,31 @@ def test_batch_backoff_gives_up_at_size_one() -> None:
     with pytest.raises(ValueError):
         backoff(other_error, torch.zeros(5, 1))
     assert backoff.size == 4
+
+
+def test_float16_storage_rounds_the_float32_logits_and_reads_back_as_float32(tmp_path: Path, extracted,
+                                                                             tiny_resnet_spec: ModelSpec,
+                                                                             fmnist: dict) -> None:
+    out = tmp_path / "half.h5"
+    attrs = extract(tiny_resnet_spec, fmnist, "eval", out, batch_size=64, device="cpu", features=True,
+                    dtype="float16")
+    assert attrs["dtype"] == "float16" and attrs["workers"] == 0  # auto: in-memory data needs no workers
+    with h5py.File(out) as f, h5py.File(extracted[0]) as g:
+        assert f["logits"].dtype == np.float16 and f["features"].dtype == np.float16
+        assert 2 * f["logits"].id.get_storage_size() == g["logits"].id.get_storage_size()  # half the bytes
+    half, full = read_logits(out, features=True), read_logits(extracted[0])
+    assert half.logits.dtype == np.float32 and half.features.dtype == np.float32
+    np.testing.assert_array_equal(half.logits, full.logits.astype(np.float16).astype(np.float32))
+
+
+def test_auto_workers_use_the_jobs_cpus_for_image_files_only(monkeypatch: pytest.MonkeyPatch, fmnist: dict) -> None:
+    from kt.extract import loader_workers
+
+    split = load_split(fmnist, "eval")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)  # kt --threads 6: the rule's threads
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert loader_workers("auto", split) == 0 and loader_workers(3, split) == 3
+    monkeypatch.setattr(type(split), "decodes", True)
+    assert loader_workers("auto", split) == 5
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})  # SLURM gave the job 2 CPUs
+    assert loader_workers("auto", split) == 1

@@ -1,17 +1,31 @@
 """Loading: M eval logits files -> per-sample correctness and softmax statistics, refusing files that
-do not describe the same samples."""
+do not describe the same samples.
+
+Each file is read in blocks of whole rows (``chunk_rows``), so a worker holds one block of logits
+(16 MiB at 4,096 × 1,000 float32), never a whole 200 MB ImageNet-val array or float64 copies of it.
+Per block, in float32: the arg-max (correctness), the row maximum, then ``exp(z - max)`` in place and
+its row sum (the log-sum-exp shift: nothing overflows, whatever the logits' magnitude), which give
+the true-class probability and the top-1 confidence. Files are read by a pool of workers; results are
+checked and stored in file order, so errors name the same file as a serial loop would.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kt.artifacts import check_same_samples, read_logits
+from kt.artifacts import LogitsFile, _attr, check_same_samples, check_version, open_h5
 from kt.errors import KtError
+
+DEFAULT_CHUNK_ROWS = 4096
+"""Rows of logits read and reduced at a time (rounded to whole HDF5 chunks of the file)."""
 
 
 @dataclass
@@ -37,7 +51,8 @@ class Predictions:
 
 def softmax_stats(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probability of the true class and the top-1 confidence per sample, computed in float64
-    (stable: shifted by the row maximum) and returned as float32 — what the DP strategies compare."""
+    (stable: shifted by the row maximum) and returned as float32. The reference for
+    :func:`load_predictions`, which computes the same in float32 block by block."""
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -46,50 +61,165 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return p_true.astype(np.float32), (1.0 / total).astype(np.float32)
 
 
-def load_predictions(files: Sequence[str | Path]) -> Predictions:
-    """Load eval logits files one at a time, keeping per-sample correctness and softmax statistics.
+def block_stats(z: np.ndarray, labels: np.ndarray, correct: np.ndarray, p_true: np.ndarray,
+                conf: np.ndarray) -> bool:
+    """Correctness, true-class probability and top-1 confidence of one block of float32 logits
+    ``z`` (R, C), written into the (R,) outputs; ``z`` is overwritten. False (outputs untouched)
+    when the block holds a NaN or an infinity. ``labels`` must lie in 0..C-1."""
+    rows = np.arange(len(z))
+    top = z.argmax(axis=1)
+    peak = z[rows, top]  # the row maximum (NaN where the row holds one: argmax stops at the NaN)
+    if len(z) and not (np.isfinite(z.min()) and np.isfinite(peak).all()):  # min: NaN and -inf, peak: +inf
+        return False
+    np.equal(top, labels, out=correct)
+    np.subtract(z, peak[:, None], out=z)
+    np.exp(z, out=z)  # in (0, 1], exactly 1 at the arg-max
+    total = z.sum(axis=1)  # >= 1: no division by zero
+    np.divide(z[rows, labels], total, out=p_true)
+    np.divide(np.float32(1.0), total, out=conf)
+    return True
+
+
+@dataclass
+class _FileStats:
+    """One file's per-sample statistics, with what the cross-file checks need."""
+
+    path: Path
+    attrs: dict[str, Any]
+    labels: np.ndarray
+    index: np.ndarray
+    num_classes: int
+    correct: np.ndarray
+    p_true: np.ndarray
+    conf: np.ndarray
+
+    def header(self) -> LogitsFile:
+        """A :class:`LogitsFile` for :func:`check_same_samples` (logits: a zero-byte view of the shape)."""
+        shape = (len(self.labels), self.num_classes)
+        return LogitsFile(self.path, np.broadcast_to(np.float32(0), shape), self.labels, self.index, self.attrs)
+
+
+def _read_file(path: Path, chunk_rows: int) -> _FileStats:
+    """Stream one logits file block by block into its per-sample statistics."""
+    with open_h5(path) as f:
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        check_version(path, attrs)
+        missing = {"logits", "labels", "index"} - set(f)
+        if missing:
+            raise KtError(f"{path} lacks dataset(s) {sorted(missing)}; it is not a kt logits file "
+                          "(or was cut short): delete it and rerun the step that writes it.")
+        try:
+            index = f["index"][:]
+            if index.dtype.kind == "O":
+                index = index.astype(str)
+            labels = f["labels"][:].astype(np.int64)
+            ds = f["logits"]
+            if ds.ndim != 2 or ds.shape[0] != len(labels):
+                raise KtError(f"{path}: logits {ds.shape} do not match labels {labels.shape}; "
+                              "delete the file and rerun the extract step.")
+            n, c = ds.shape
+            # Out-of-range labels are refused by the caller (first file) or by check_same_samples
+            # (others); clipped here only so that the block reduction stays in bounds.
+            safe = labels if n == 0 or (labels.min() >= 0 and labels.max() < c) else np.clip(labels, 0, max(c - 1, 0))
+            step = max(1, chunk_rows)
+            if ds.chunks and step >= ds.chunks[0]:  # whole HDF5 chunks: none is decoded twice
+                step -= step % ds.chunks[0]
+            correct = np.empty(n, bool)
+            p_true = np.empty(n, np.float32)
+            conf = np.empty(n, np.float32)
+            buf = np.empty((min(step, n), c), np.float32)
+            for start in range(0, n if c else 0, step):
+                stop = min(n, start + step)
+                z = buf[:stop - start]
+                ds.read_direct(z, np.s_[start:stop], np.s_[0:stop - start])  # converts float16 storage
+                if not block_stats(z, safe[start:stop], correct[start:stop], p_true[start:stop],
+                                   conf[start:stop]):
+                    raise KtError(f"{path} holds non-finite logits (NaN/inf); the model diverged or the "
+                                  "file is corrupt: rerun the extract step for this model.")
+        except OSError as e:
+            raise KtError(f"{path} is truncated or corrupt ({e}); delete it and rerun the step.") from None
+    return _FileStats(path, attrs, labels, index, c, correct, p_true, conf)
+
+
+def _workers(threads: int | None, files: int) -> int:
+    if threads:
+        return max(1, min(int(threads), files))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, files))
+
+
+def _executor(workers: int, pool: str) -> Executor:
+    if pool == "thread":
+        return ThreadPoolExecutor(workers, thread_name_prefix="kt-load")
+    # spawn: a fresh interpreter, safe whatever threads (torch, HDF5) the parent runs
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+
+
+def _stream(files: list[Path], workers: int, chunk_rows: int, pool: str) -> Iterator[_FileStats]:
+    """Per-file statistics in file order; workers read ahead at most ``2 * workers`` files."""
+    if workers == 1:
+        for path in files:
+            yield _read_file(path, chunk_rows)
+        return
+    ex = _executor(workers, pool)
+    try:
+        pending, nxt = [], 0
+        for i in range(len(files)):
+            while nxt < len(files) and nxt < i + 2 * workers:  # bounded read-ahead: results wait in memory
+                pending.append(ex.submit(_read_file, files[nxt], chunk_rows))
+                nxt += 1
+            yield pending.pop(0).result()
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def load_predictions(files: Sequence[str | Path], threads: int | None = None,
+                     chunk_rows: int = DEFAULT_CHUNK_ROWS, pool: str = "process") -> Predictions:
+    """Load eval logits files, keeping per-sample correctness and softmax statistics (float32).
 
     All files must describe the same samples in the same order: a different ``dataset_fingerprint``,
     index, labels or class count is refused with a :class:`KtError` naming both files, because pairing
-    rows of different samples would silently produce meaningless flips.
+    rows of different samples would silently produce meaningless flips. Non-finite logits, a model
+    given twice and labels outside the class range are refused too.
+
+    ``threads``: files read at once (default: the cores this process may use), by a ``pool`` of
+    ``"process"`` workers or ``"thread"`` workers (h5py serialises every HDF5 call under one lock, so
+    threads overlap only the arithmetic); ``chunk_rows``: rows reduced at a time per worker.
     """
     files = [Path(f) for f in files]
     if not files:
         raise KtError("complementarity needs at least one eval logits file; none were given.")
+    if pool not in ("process", "thread"):
+        raise ValueError(f"pool must be 'process' or 'thread', not {pool!r}")
     names: list[str] = []
-    correct, p_true, conf = [], [], []
-    first = None
-    for path in files:
-        lf = read_logits(path)
-        if lf.logits.ndim != 2 or len(lf.logits) != len(lf.labels):
-            raise KtError(f"{path}: logits {lf.logits.shape} do not match labels {lf.labels.shape}; "
-                          "delete the file and rerun the extract step.")
-        if not np.isfinite(lf.logits).all():
-            raise KtError(f"{path} holds non-finite logits (NaN/inf); the model diverged or the file is "
-                          "corrupt: rerun the extract step for this model.")
-        labels = lf.labels.astype(np.int64)
+    first: _FileStats | None = None
+    ref: LogitsFile | None = None
+    correct = p_true = conf = np.empty(0)
+    for k, got in enumerate(_stream(files, _workers(threads, len(files)), chunk_rows, pool)):
+        path = got.path
         if first is None:
-            first = lf
-            if len(labels) == 0:
+            first, ref = got, got.header()
+            if len(got.labels) == 0:
                 raise KtError(f"{path} holds no samples; rerun the extract step on a non-empty split.")
-            if labels.min() < 0 or labels.max() >= lf.logits.shape[1]:
-                raise KtError(f"{path}: labels outside 0..{lf.logits.shape[1] - 1}; the model's label "
+            if got.labels.min() < 0 or got.labels.max() >= got.num_classes:
+                raise KtError(f"{path}: labels outside 0..{got.num_classes - 1}; the model's label "
                               "space does not match the dataset.")
+            m, n = len(files), len(got.labels)  # filled in place: no (M, N) stacking copies
+            correct, p_true, conf = np.empty((m, n), bool), np.empty((m, n), np.float32), np.empty((m, n), np.float32)
         else:
-            check_same_samples(first, lf)
-        name = str(lf.attrs.get("model") or path.stem)
+            check_same_samples(ref, got.header())
+        name = str(got.attrs.get("model") or path.stem)
         if name in names:
             raise KtError(f"{path}: model name {name!r} appears twice (also {files[names.index(name)]}); "
                           "each model may be given once.")
         names.append(name)
-        correct.append(lf.predictions == labels)
-        pt, cf = softmax_stats(lf.logits, labels)
-        p_true.append(pt)
-        conf.append(cf)
+        correct[k], p_true[k], conf[k] = got.correct, got.p_true, got.conf
     assert first is not None
-    num_classes = int(first.logits.shape[1])
     classes = first.attrs.get("classes")
-    if not isinstance(classes, list) or len(classes) != num_classes:
-        classes = [str(c) for c in range(num_classes)]
-    return Predictions(names, files, np.stack(correct), first.labels.astype(np.int64), np.stack(p_true),
-                       np.stack(conf), num_classes, [str(c) for c in classes], dict(first.attrs))
+    if not isinstance(classes, list) or len(classes) != first.num_classes:
+        classes = [str(c) for c in range(first.num_classes)]
+    return Predictions(names, files, correct, first.labels, p_true, conf, first.num_classes,
+                       [str(c) for c in classes], dict(first.attrs))

@@ -124,6 +124,7 @@ class ImageFolder:
     train: str = "train"
     eval: str = "val"
     classes_file: str | None = None
+    decodes = True  # JPEG/PNG files: extraction and transfer decode them in loader workers
 
     def __post_init__(self) -> None:
         root = Path(self.root)

@@ -15,7 +15,7 @@ from kt import resources as kt_resources
 from kt.config import check as check_config
 from kt.config import group_name, plugin_folders
 from kt.config import validate as validate_config
-from kt.data import load_split
+from kt.data import DatasetInfo, load_split, open_dataset
 from kt.errors import KtError
 from kt.multi import RUN_MODES, SOUP
 from kt.plugins.open_clip_source import TEMPLATES
@@ -82,7 +82,13 @@ SETTINGS_KEYS = [f.name for f in fields(TransferSettings) if f.name in config["t
 # Loader workers decode images beside the main process: a job's threads (and its SLURM CPUs) count
 # both, and its memory adds ~500 MB a worker (a torch process with its prefetched batches).
 TRANSFER_THREADS = config["transfer"]["workers"] + 1
-EXTRACT_THREADS = config["extract"]["workers"] + 1
+# extract.workers: auto gives an image-folder extraction AUTO_EXTRACT_THREADS CPUs (a GPU node's
+# usual share: its workers are the job's CPUs minus one), in-memory data one.
+AUTO_EXTRACT_THREADS = 8
+if config["extract"]["workers"] == "auto":
+    EXTRACT_THREADS = AUTO_EXTRACT_THREADS if DatasetInfo.of(open_dataset(config["dataset"], REGISTRY)).decodes else 1
+else:
+    EXTRACT_THREADS = config["extract"]["workers"] + 1
 
 
 def one_of(names):
@@ -347,13 +353,13 @@ def runtime_of(seconds):
 
 def memory_of(students, frozen, section):
     """Resource function: MB for a job training ``students(wildcards)`` beside ``frozen(wildcards)``,
-    with the batch and loader workers of config ``section`` (transfer or extract)."""
+    with the batch and loader workers (threads - 1) of config ``section`` (transfer or extract)."""
+    workers = (EXTRACT_THREADS if section == "extract" else TRANSFER_THREADS) - 1
 
     def mb(wildcards, attempt):
         return kt_resources.memory_mb(students=[model_cost(m) for m in students(wildcards)],
                                       frozen=[model_cost(m) for m in frozen(wildcards)],
-                                      batch=config[section]["batch_size"], workers=config[section]["workers"],
-                                      attempt=attempt)
+                                      batch=config[section]["batch_size"], workers=workers, attempt=attempt)
 
     return mb
 

@@ -12,6 +12,7 @@ rule extract:
         dataset=dataset_arg,
         batch_size=config["extract"]["batch_size"],
         workers=config["extract"]["workers"],
+        dtype=config["extract"]["dtype"],
         features="--features" if config["extract"]["features"] else "",
         device=config["device"],
     log:
@@ -29,7 +30,7 @@ rule extract:
     shell:
         "{params.kt} --threads {threads} extract --model {params.model} "
         "--dataset {params.dataset} --split {wildcards.split} --batch-size {params.batch_size} "
-        "--workers {params.workers} --device {params.device} {params.features} "
+        "--workers {params.workers} --dtype {params.dtype} --device {params.device} {params.features} "
         "--out {output.logits} > {log} 2>&1"
 
 
