@@ -92,6 +92,19 @@ def top_teachers(table: pl.DataFrame, student: str, k: int, by: str = "pos_flips
     return _ranked(rows, by)["teacher"].head(k).to_list()
 
 
+def fixed_pairs(policy: dict[str, Any] | None, known: list[str]) -> list[tuple[str, str]] | None:
+    """The pairs ``all`` and ``grid`` choose: they do not depend on the complementarity table, so the
+    workflow plans their transfers before it exists (``snakemake -n`` lists them); None for the
+    policies that read the table."""
+    policy = dict(policy or {})
+    name = policy.get("policy", "all")
+    if name not in ("all", "grid"):
+        return None
+    students = _known_list("students", policy["students"], known) if "students" in policy else known
+    teachers = _known_list("teachers", policy["teachers"], known) if name == "grid" and "teachers" in policy else known
+    return [(t, s) for t in teachers for s in students if t != s]
+
+
 def select_pairs(table: pl.DataFrame, policy: dict[str, Any] | None) -> pl.DataFrame:
     """The pairs chosen by ``policy`` from the complementarity ``table``, with why (see module doc)."""
     policy = dict(policy or {})

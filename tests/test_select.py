@@ -9,7 +9,7 @@ import pytest
 
 from kt.artifacts import write_table
 from kt.errors import KtError
-from kt.select import select_pairs, top_teachers
+from kt.select import fixed_pairs, select_pairs, top_teachers
 
 # Models a (80.0 %), b (80.5 %), c (85.0 %); one row per ordered pair plus a self-pair row that must
 # never be selected. bins with the default margin of 1 point: |acc_diff| <= 1 is "similar".
@@ -56,6 +56,20 @@ def test_grid(table: pl.DataFrame) -> None:
     assert pairs(out) == [("b", "a"), ("c", "a")]  # a -> a is never selected
     assert out["reason"][0] == "grid: b (select.teachers) × a (select.students)"
     assert pairs(select_pairs(table, {"policy": "grid", "teachers": ["c"]})) == [("c", "a"), ("c", "b")]
+
+
+@pytest.mark.parametrize("policy", [{"policy": "all"}, {}, {"policy": "all", "students": ["c"]},
+                                    {"policy": "grid", "students": ["a"], "teachers": ["b", "c", "a"]},
+                                    {"policy": "grid", "teachers": ["c"]}])
+def test_fixed_pairs_are_what_the_table_selection_picks(table: pl.DataFrame, policy: dict) -> None:
+    """all and grid are planned before the complementarity table exists: the same pairs."""
+    assert sorted(fixed_pairs(policy, ["a", "b", "c"])) == sorted(pairs(select_pairs(table, policy)))
+
+
+def test_table_policies_are_not_fixed() -> None:
+    assert all(fixed_pairs({"policy": p}, ["a", "b"]) is None for p in ("random", "top", "bins"))
+    with pytest.raises(KtError, match=r"select\.teachers: unknown model"):
+        fixed_pairs({"policy": "grid", "teachers": ["z"]}, ["a", "b"])
 
 
 def test_random(table: pl.DataFrame) -> None:

@@ -20,7 +20,7 @@ from kt.errors import KtError
 from kt.multi import RUN_MODES, SOUP
 from kt.plugins.open_clip_source import TEMPLATES
 from kt.registry import get_registry
-from kt.select import top_teachers
+from kt.select import fixed_pairs, top_teachers
 from kt.metrics import CONTROL, NO_TEACHER
 from kt.transfer import TransferSettings, make_strategy
 
@@ -190,9 +190,13 @@ def cache_option(wildcards, input):
 
 
 def selected_pairs():
-    """(teacher, student) rows of results/pairs.parquet, once the select_pairs checkpoint ran."""
+    """(teacher, student) pairs: fixed by the policy (all, grid: planned at once), else the rows of
+    results/pairs.parquet once the select_pairs checkpoint ran."""
     import polars as pl
 
+    fixed = fixed_pairs(config["select"], list(MODELS))
+    if fixed is not None:
+        return fixed
     path = checkpoints.select_pairs.get().output.pairs
     return pl.read_parquet(path).select("teacher", "student").iter_rows()
 
