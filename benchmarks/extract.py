@@ -24,12 +24,34 @@ process's allocation history, and the ratio swings between about 0.7 and 1.4 fro
 the next whatever kt does. ``--malloc default`` measures glibc as it comes.
 
 Models without ``weights`` get seeded random weights saved to a temporary file, and the spec then
-names that file, so kt loads them exactly as the baseline does. Usage::
+names that file, so kt loads them exactly as the baseline does.
+
+``--jpeg N`` measures a JPEG folder instead: N synthetic ImageNet-style JPEGs (~430x360 px, 10
+classes, made by ``make_folder`` of benchmarks/loader.py, in ``--jpeg-dir`` to keep and reuse them or
+in a temporary folder) with a real-size model at 224 px (default ``timm:resnet18``, random seeded
+weights, one output per class), batch 64 unless ``--batch-size``. The folder's ``train/`` holds the N
+images and kt's eval split is pointed at it (``"eval": "train"``). In one run, interleaved, warmed up,
+best of ``--repeats``:
+
+* bare: every image decoded, resized and normalised beforehand into one float tensor (kt's decode
+  path, in this process), then ``model(x)`` per batch under ``torch.inference_mode()``;
+* kt: the whole ``extract`` call with ``workers`` W = 0, 1, 2 (wall, which includes listing the
+  folder, building the model and starting the workers, and the ``images_per_s`` attr, its batch
+  loop: decoding in the workers, resizing, normalising, the forward passes);
+* decode only: one pass of the split's loader (``split.batches(prep, B, workers=W)``, what kt's
+  batch loop iterates, worker start included) with no model, W = 0, 1, 2: where it is below bare,
+  decoding limits; where above, the model does.
+
+It prints images/s of each and the ratios kt(W)/bare and kt(W)/kt(0). The main process keeps
+``--threads`` torch threads; every loader worker is one more process, so on a machine with no more
+cores than that the workers take CPU from the model and ratios below 1 are expected there (what a
+GPU node needs: benchmarks/README.md, section loader). Usage::
 
     .venv/bin/python benchmarks/extract.py 2>/dev/null            # two default models, ~1 minute
     .venv/bin/python benchmarks/extract.py --samples 2000 --batch-size 64 --batch-size 256
     .venv/bin/python benchmarks/extract.py --model '{"id": "timm:resnet18", "num_classes": 10, ...}'
     .venv/bin/python benchmarks/extract.py --profile              # cProfile one kt call per model
+    .venv/bin/python benchmarks/extract.py --jpeg 256 --repeats 3 2>/dev/null   # JPEG folder, ~3-4 min
 """
 
 from __future__ import annotations
@@ -38,6 +60,7 @@ import argparse
 import cProfile
 import ctypes
 import ctypes.util
+import importlib.util
 import io
 import json
 import os
@@ -53,6 +76,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from kt.artifacts import read_logits
 from kt.data import Split, load_split
@@ -60,7 +84,7 @@ from kt.device import autocast
 from kt.errors import KtError
 from kt.extract import extract, prepare
 from kt.models import Classifier, ModelSpec, create_model
-from kt.preprocess import normalize
+from kt.preprocess import Preprocessing, normalize
 
 FMNIST_PREP = {"size": 28, "mean": [0.286] * 3, "std": [0.353] * 3, "crop_pct": 1.0}
 TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "stem_width": 16, "stem_type": "deep"}
@@ -117,8 +141,9 @@ def preprocessed(data: Split, model: Classifier, chunk: int = 1024) -> torch.Ten
 
 class Meter:
     """While a block runs: the share of the machine's CPU time other processes used (from /proc/stat
-    and this process's own CPU time; a timing taken while it is well above 0 is contended), and this
-    process's minor page faults (fresh memory being touched)."""
+    and the CPU time of this process and of its children that ended, such as loader workers; a
+    timing taken while it is well above 0 is contended), and this process's minor page faults (fresh
+    memory being touched)."""
 
     def __init__(self) -> None:
         self.share = float("nan")
@@ -133,7 +158,7 @@ class Meter:
         return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
     def __enter__(self) -> Meter:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), sum(os.times()[:2])
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), sum(os.times()[:4])
         self.faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         return self
 
@@ -141,7 +166,7 @@ class Meter:
         self.faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults0
         busy = self._busy()
         if busy is not None and self.busy0 is not None:
-            other = busy - self.busy0 - (sum(os.times()[:2]) - self.own0)
+            other = busy - self.busy0 - (sum(os.times()[:4]) - self.own0)
             self.share = max(0.0, other / ((time.perf_counter() - self.t0) * (os.cpu_count() or 1)))
 
 
@@ -169,9 +194,11 @@ def bare_logits(model: Classifier, x: torch.Tensor, batch_size: int) -> np.ndarr
 
 
 def kt_call(spec: ModelSpec, dataset: dict[str, Any], out: Path, batch_size: int,
-            device: str = "cpu") -> tuple[float, dict[str, Any]]:
+            device: str = "cpu", workers: int | None = None) -> tuple[float, dict[str, Any]]:
+    """Seconds of one whole ``extract`` call and its attrs (``workers`` None: extract's default)."""
+    options = {} if workers is None else {"workers": workers}
     t0 = time.perf_counter()
-    attrs = extract(spec, dataset, "eval", out, batch_size=batch_size, device=device)
+    attrs = extract(spec, dataset, "eval", out, batch_size=batch_size, device=device, **options)
     return time.perf_counter() - t0, attrs
 
 
@@ -200,12 +227,165 @@ def machine() -> str:
     return cpu
 
 
+JPEG_MODELS: list[dict[str, Any]] = [{"id": "timm:resnet18", "pretrained": False}]  # 224 px, timm's eval preprocessing
+WORKERS = (0, 1, 2)
+
+
+def make_folder(root: Path, n: int, seed: int) -> None:
+    """benchmarks/loader.py's synthetic ImageNet-style folder (imported from that file, not copied)."""
+    found = importlib.util.spec_from_file_location("kt_bench_loader", Path(__file__).with_name("loader.py"))
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
+    module.make_folder(root, n, seed=seed)
+
+
+def jpeg_dataset(n: int, root: Path, seed: int) -> dict[str, Any]:
+    """The imagefolder dataset whose eval split is ``root/train`` (n JPEGs): made there when it has no
+    ``train/`` yet (``make_folder`` also writes n/10 to ``val/``, unused), else reused, subset to n
+    images (stratified) when it holds more."""
+    if not (root / "train").is_dir():
+        t0 = time.perf_counter()
+        make_folder(root, n, seed)
+        print(f"# made {n} JPEGs in {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    dataset: dict[str, Any] = {"name": "imagefolder", "root": str(root), "eval": "train"}
+    if len(load_split(dataset, "eval")) > n:
+        dataset["subset"] = {"eval": n}
+    return dataset
+
+
+def decode_pass(data: Split, prep: Preprocessing, batch_size: int, workers: int) -> float:
+    """Images/s of one pass of the split's loader alone (decode + resize, no model): what kt's batch
+    loop iterates, workers started for the pass as in ``extract``."""
+    t0 = time.perf_counter()
+    n = sum(len(pos) for _, _, pos in data.batches(prep, batch_size, workers=workers))
+    return n / (time.perf_counter() - t0)
+
+
+def jpeg_main(args: argparse.Namespace, device: torch.device, steady: bool) -> int:
+    """``--jpeg N``: bare loop, kt extract with W = 0, 1, 2 workers and the loader alone, on a JPEG folder."""
+    entries = args.model or JPEG_MODELS
+    batch_sizes = args.batch_size or [64]
+    info = {"cpu": machine(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "cpus": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "repeats": args.repeats, "malloc": "steady" if steady else "default", "workers": list(WORKERS),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg_before": list(os.getloadavg())}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kt-bench-extract-") as tmp:
+        folder = Path(tmp)
+        dataset = jpeg_dataset(args.jpeg, Path(args.jpeg_dir) if args.jpeg_dir else folder / "jpegs", args.seed)
+        data = load_split(dataset, "eval")
+        sizes = []
+        for i in data.ids[:50]:
+            with Image.open(data.root / str(i)) as image:
+                sizes.append(image.size)
+        info |= {"samples": len(data), "classes": len(data.classes), "jpeg_root": dataset["root"],
+                 "jpeg_mean_px": [round(float(np.mean([s[k] for s in sizes]))) for k in (0, 1)]}
+        for entry in entries:
+            spec = with_weights(entry, data.classes, folder, args.seed)
+            model = prepare(create_model(spec, data.classes), device)
+            prep = model.preprocess
+            t0 = time.perf_counter()
+            x = preprocessed(data, model).to(device)
+            info["bare_prepare_s"] = time.perf_counter() - t0
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            outs = {w: folder / f"{spec.slug}-w{w}.h5" for w in WORKERS}
+            for bs in batch_sizes:
+                warm = min(len(data), 2 * bs)
+                # warm-up: imports, allocator, oneDNN primitives for this batch shape (two batches, once),
+                # then one batch through each workers path
+                bare_loop(model, x, bs, limit=warm)
+                for w in WORKERS:
+                    kt_call(spec, dataset | {"subset": {"eval": warm if w == 0 else min(len(data), bs)}},
+                            outs[w], bs, args.device, w)
+                    decode_pass(data.take(np.arange(min(len(data), bs))), prep, bs, w)
+                bare, other_bare = [], []
+                kt_wall = {w: [] for w in WORKERS}
+                kt_attr = {w: [] for w in WORKERS}
+                other_kt = {w: [] for w in WORKERS}
+                dec = {w: [] for w in WORKERS}
+                for _ in range(args.repeats):  # interleaved, so background load hits every side alike
+                    with Meter() as m:
+                        bare.append(len(x) / bare_loop(model, x, bs))
+                    other_bare.append(m.share)
+                    for w in WORKERS:
+                        with Meter() as m:
+                            seconds, attrs = kt_call(spec, dataset, outs[w], bs, args.device, w)
+                        other_kt[w].append(m.share)
+                        kt_wall[w].append(len(data) / seconds)
+                        kt_attr[w].append(float(attrs["images_per_s"]))
+                    for w in WORKERS:
+                        dec[w].append(decode_pass(data, prep, bs, w))
+                check = min(len(data), bs)  # same images, same decode path: logits must agree
+                ref = bare_logits(model, x[:check], bs)
+                diff = max(float(np.abs(read_logits(outs[w]).logits[:check] - ref).max()) for w in WORKERS)
+                best_bare = max(bare)
+                kt0 = max(kt_wall[0])
+                row = {"model": spec.slug, "size": prep.size, "crop_pct": prep.crop_pct, "batch_size": bs,
+                       "samples": len(data), "bare_img_s": best_bare,
+                       "other_cpu_share_bare": other_bare[int(np.argmax(bare))], "max_abs_logit_diff": diff,
+                       "workers": {}, "runs": {"bare": bare, "kt_wall": kt_wall, "kt_attr": kt_attr,
+                                               "decode": dec, "other_cpu_share_kt": other_kt,
+                                               "other_cpu_share_bare": other_bare}}
+                for w in WORKERS:
+                    wall, attr = max(kt_wall[w]), max(kt_attr[w])
+                    row["workers"][w] = {
+                        "kt_wall_img_s": wall, "kt_attr_img_s": attr, "decode_img_s": max(dec[w]),
+                        "ratio_wall": wall / best_bare, "ratio_attr": attr / best_bare,
+                        "ratio_wall_vs_w0": wall / kt0, "ratio_attr_vs_w0": attr / max(kt_attr[0]),
+                        "ratio_decode": max(dec[w]) / best_bare,
+                        "other_cpu_share": other_kt[w][int(np.argmax(kt_wall[w]))]}
+                rows.append(row)
+    info["loadavg_after"] = list(os.getloadavg())
+
+    if args.json:
+        print(json.dumps({"machine": info, "results": rows}, indent=2))
+        return 0
+    print(f"# {info['device']}; {info['cpu']}, {info['cpus']} CPUs, torch {info['torch']}, "
+          f"{info['threads']} threads in the main process, {info['samples']} JPEGs "
+          f"(~{info['jpeg_mean_px'][0]}x{info['jpeg_mean_px'][1]} px, {info['classes']} classes), "
+          f"best of {args.repeats}, malloc {info['malloc']}; "
+          f"load average {info['loadavg_before'][0]:.2f} -> {info['loadavg_after'][0]:.2f}")
+    print(f"# each loader worker is one more process: with {info['cpus']} CPUs and {info['threads']} torch threads "
+          "the workers compete with the model for the same cores"
+          + (", so kt(W)/bare < 1 is expected here" if info["cpus"] <= info["threads"] + 1 else "")
+          + "; what a GPU node needs: benchmarks/README.md, section loader")
+    for r in rows:
+        print(f"\n{r['model']} at {r['size']} px (crop_pct {r['crop_pct']}), batch {r['batch_size']}: "
+              f"bare model(x) {r['bare_img_s']:.1f} img/s (other CPU {r['other_cpu_share_bare']:.0%}); "
+              f"kt logits vs bare max|dlogit| {r['max_abs_logit_diff']:.1e}")
+        cols = [("W", None, "{}"), ("kt img/s (wall)", "kt_wall_img_s", "{:.1f}"),
+                ("kt img/s (attr)", "kt_attr_img_s", "{:.1f}"), ("wall/bare", "ratio_wall", "{:.3f}"),
+                ("attr/bare", "ratio_attr", "{:.3f}"), ("wall/kt(0)", "ratio_wall_vs_w0", "{:.3f}"),
+                ("attr/kt(0)", "ratio_attr_vs_w0", "{:.3f}"), ("decode only img/s", "decode_img_s", "{:.0f}"),
+                ("decode/bare", "ratio_decode", "{:.2f}"), ("other CPU", "other_cpu_share", "{:.0%}")]
+        print(" | ".join(c[0] for c in cols))
+        for w, v in r["workers"].items():
+            print(" | ".join(fmt.format(w if key is None else v[key]) for _, key, fmt in cols))
+        limits = ", ".join(f"W={w}: {'decoding' if v['ratio_decode'] < 1 else 'the model'}"
+                           for w, v in r["workers"].items())
+        print(f"limit (decode only vs bare): {limits}")
+    if any(max(r["other_cpu_share_bare"], *(v["other_cpu_share"] for v in r["workers"].values())) > 0.1
+           for r in rows):
+        print("warning: other processes used over 10 % of the CPUs during a best run (column 'other CPU'); "
+              "those figures are contended, rerun on an idle machine")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", type=parse_model, default=None,
-                    help="JSON spec or SOURCE:NAME id (repeatable); default: two tiny timm ResNets (28 and 64 px)")
+                    help="JSON spec or SOURCE:NAME id (repeatable); default: two tiny timm ResNets (28 and 64 px), "
+                         "with --jpeg timm:resnet18 at 224 px")
     ap.add_argument("--samples", type=int, default=None, help="stratified subset of the 10,000 eval images")
-    ap.add_argument("--batch-size", type=int, action="append", default=None, help="repeatable; default 256")
+    ap.add_argument("--batch-size", type=int, action="append", default=None,
+                    help="repeatable; default 256, with --jpeg 64")
+    ap.add_argument("--jpeg", type=int, default=None, metavar="N",
+                    help="measure a folder of N synthetic JPEGs at 224 px instead of Fashion-MNIST: bare loop, "
+                         "kt extract with 0, 1 and 2 workers, and the loader alone")
+    ap.add_argument("--jpeg-dir", default=None,
+                    help="with --jpeg: make the folder here and keep it, or reuse it (default: a temporary folder)")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs of each side (best is reported)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights")
@@ -226,6 +406,8 @@ def main() -> int:
     steady = args.malloc == "steady" and steady_malloc()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.jpeg is not None:
+        return jpeg_main(args, device, steady)
 
     dataset: dict[str, Any] = {"name": "fashion_mnist", "root": args.root}
     if args.samples is not None:

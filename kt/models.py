@@ -173,11 +173,21 @@ def infer_family(model: nn.Module) -> str:
     MLP-Mixer and ResMLP stay ``mlp``), else ``mlp``. A model spec's ``family`` overrides it."""
     convolutional = False
     for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith("Attention"):
+        if _is_attention(module):
             return "transformer"
         if isinstance(module, nn.Conv2d) and max(module.kernel_size) > 1 and module.stride[0] < module.kernel_size[0]:
             convolutional = True
     return "cnn" if convolutional else "mlp"
+
+
+def _is_attention(module: nn.Module) -> bool:
+    """Self-attention by name (``...Attention``) or by its projections (a ``qkv``, ``q`` + ``kv`` or
+    ``q``/``k``/``v`` child: XCiT's XCA, Twins' and CoaT's attention), not channel attention such
+    as squeeze-excite, CBAM or ResNeSt's split attention, which have none."""
+    if isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith("Attention"):
+        return True
+    children = {name for name, _ in module.named_children()}
+    return "qkv" in children or {"q", "kv"} <= children or {"q", "k", "v"} <= children
 
 
 def param_count(model: nn.Module) -> int:

@@ -365,6 +365,12 @@ def test_family_is_inferred_from_the_modules_and_a_spec_overrides_it(tmp_path: P
     assert infer_family(VisionTransformer(depth=1, embed_dim=32, num_heads=2)) == "transformer"
     assert infer_family(timm.create_model("convnext_atto", depths=(1, 1, 1, 1))) == "cnn"  # 4x4/4 stem + 7x7 dw
     assert infer_family(nn.Sequential(nn.Conv2d(3, 4, 3), nn.MultiheadAttention(4, 1))) == "transformer"  # hybrid
+    # attention known by its projections, not its name; channel attention is not self-attention
+    for name, family in (("xcit_nano_12_p8_224", "transformer"), ("twins_svt_small", "transformer"),
+                         ("coat_lite_mini", "transformer"), ("resnest14d", "cnn"), ("ecaresnet26t", "cnn"),
+                         ("gmlp_s16_224", "mlp")):
+        with torch.device("meta"):  # no memory, no weights: the module tree only
+            assert infer_family(timm.create_model(name)) == family, name
     spec = ModelSpec(id="timm:resnet18", args={"layers": [1, 1, 1, 1]}, num_classes=3, pretrained=False)
     model = create_model(spec)
     from kt.artifacts import logits_attrs

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import time
 from pathlib import Path
 
-import h5py
-import polars as pl
 import pytest
 import timm.data
 import yaml
 from PIL import Image
-from test_config import REPO, dry_run
+from test_config import DEFAULT, REPO, SCHEMA, dry_run
+
+from kt.config import check, validate
+from kt.errors import KtError
 
 PAPER = REPO / "configs" / "paper.yaml"
 SYNSETS = Path(timm.data.__file__).parent / "_info" / "imagenet_synsets.txt"
@@ -44,12 +44,20 @@ def paper() -> dict:
     return yaml.safe_load(PAPER.read_text())
 
 
+def merged(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base`` key by key, as Snakemake merges config files."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
 def plan(config: Path, root: Path, results: Path) -> tuple[dict[str, int], str, float]:
-    """``snakemake -n`` from the repository root, as the config's comment says, with the results
-    redirected into the test's folder; the job counts, the output and the seconds it took."""
+    """The config's own command as a dry run (``-p``: with the shell commands) from the repository root,
+    with the results redirected into the test's folder: the job counts, the output, the seconds."""
     start = time.perf_counter()
-    done = dry_run("--configfile", str(config), "--config", f"dataset={json.dumps({'root': str(root)})}",
-                   f"results={results}")
+    done = dry_run("-p", "--profile", "slurm", "--configfile", str(config),
+                   "--config", f"dataset={json.dumps({'root': str(root)})}", f"results={results}")
     seconds = time.perf_counter() - start
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
@@ -78,50 +86,50 @@ def test_the_paper_config_is_the_papers_grid() -> None:
     groups = config["multi_teacher"]["groups"]
     assert [g["student"] for g in groups] == ["xcit_l24_p16", "twins_svt_l", "pit_b"]
     assert all(g["teachers"] == ["resmlp_36", "swsl_resnext101", "volo_d2"] for g in groups)
+    # Over config.yaml, without a root: the schema accepts it, and the check names the missing key.
+    config = merged(DEFAULT, config)
+    validate(config, SCHEMA)
+    with pytest.raises(KtError, match=r"config key dataset\.root is required by dataset 'imagefolder'"):
+        check(config)
 
 
 def test_the_paper_config_plans_offline_with_only_the_root(imagenet: Path, tmp_path: Path) -> None:
-    """Before the select checkpoint the dry run shows the 39 eval extractions; once the
-    complementarity table and the pairs exist (written here as stand-ins), every transfer."""
+    """Every job at once (the grid does not wait for the select checkpoint): the 39 eval extractions,
+    one transfer per (paired strategy, grid pair) plus the control per student, the multi-teacher
+    modes and their members, one evaluation per run."""
     config = paper()
     counts, output, seconds = plan(PAPER, imagenet, tmp_path / "results")
-    assert counts == {"extract": 39, "complementarity": 1, "select_pairs": 1, "summarize": 1, "all": 1,
-                      "total": 43}, counts
+    students, teachers = config["select"]["students"], config["select"]["teachers"]
+    groups = config["multi_teacher"]["groups"]
+    pairs = {(t, s) for s in students for t in teachers if t != s}
+    members = {(t, g["student"]) for g in groups for t in g["teachers"]}
+    paired = [s for s in config["transfer"]["strategies"] if s != "ce"]
+    controls = set(students) | {g["student"] for g in groups}  # ce: once per student
+    transfers = len(pairs) * len(paired) + len(controls) + len(members - pairs)
+    assert (len(pairs), len(paired), len(controls), len(members - pairs)) == (399, 5, 21, 3)  # twins_svt_l's members
+    assert transfers == 2019
+    modes = len(groups) * len(config["multi_teacher"]["modes"])  # sequential, parallel, soup for 3 groups
+    assert counts == {"extract": 39, "complementarity": 1, "select_pairs": 1, "transfer": 2019,
+                      "multi_transfer": 6, "soup": 3, "evaluate": 2019 + modes, "summarize": 1, "all": 1,
+                      "total": 4099}, counts
+    assert "rule cache_frozen:" not in output  # cache_views 0: the frozen models run online
+
     extracted = re.findall(r"wildcards: split=(\w+), model=(\w+)", output)
     assert sorted(m for _, m in extracted) == sorted(m["name"] for m in config["models"])
     assert {split for split, _ in extracted} == {"eval"}
-    assert "checkpoint jobs" in output and "rule transfer:" not in output
-    print(f"dry run before the checkpoint: {seconds:.1f} s")
-
-    # The checkpoint's inputs and outputs, oldest first: eval logits (with the attrs that size jobs),
-    # the complementarity outputs, then results/pairs.parquet holding the grid.
-    results, now = tmp_path / "results", time.time()
-    students, teachers = config["select"]["students"], config["select"]["teachers"]
-    for i, model in enumerate(config["models"]):
-        path = results / "logits" / "eval" / f"{model['name']}.h5"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(path, "w") as f:
-            f.attrs.update(params=(i + 1) * 5_000_000, images_per_s=2000.0, preprocessing='{"size": 224}')
-        os.utime(path, (now - 300, now - 300))
-    for name in ("complementarity/pairs.parquet", "complementarity/per_class.h5", "figures/flip_heatmap.png",
-                 "figures/knowledge_vs_accdiff.png"):
-        (results / name).parent.mkdir(parents=True, exist_ok=True)
-        (results / name).write_bytes(b"")
-        os.utime(results / name, (now - 200, now - 200))
-    pairs = [(t, s) for s in students for t in teachers if t != s]
-    pl.DataFrame(pairs, schema=["teacher", "student"], orient="row").write_parquet(results / "pairs.parquet")
-    assert len(pairs) == 399
-
-    counts, output, seconds = plan(PAPER, imagenet, results)
-    paired = [s for s in config["transfer"]["strategies"] if s != "ce"]
-    group_students = [g["student"] for g in config["multi_teacher"]["groups"]]
-    members_outside_grid = 3  # twins_svt_l is no grid student: its three kl_dp member runs are extra
-    transfers = len(pairs) * len(paired) + len(set(students) | set(group_students)) + members_outside_grid
-    assert transfers == 399 * 5 + 21 + 3 == 2019
-    assert counts == {"transfer": 2019, "multi_transfer": 6, "soup": 3, "evaluate": 2019 + 9, "summarize": 1,
-                      "all": 1, "total": 4058}, counts
-    assert "rule extract:" not in output and "rule cache_frozen:" not in output  # cache_views 0: online
-    print(f"dry run after the checkpoint ({counts['total']} jobs): {seconds:.1f} s")
+    # The command-line root merges into the config's dataset section; jobs get the paper's settings.
+    dataset = {"name": "imagefolder", "root": str(imagenet), "train": "train", "eval": "val", "classes_file": None,
+               "seed": 0, "subset": {"train": 0.1, "eval": None}}
+    assert f"--dataset '{json.dumps(dataset, sort_keys=True)}'" in output
+    command = next(line for line in output.splitlines()
+                   if " transfer --teacher " in line and "--strategy kl_dp " in line and "volo_d2_224" in line)
+    settings = json.loads(command.split("--settings '", 1)[1].split("'", 1)[0])
+    assert {k: settings[k] for k in ("epochs", "lr", "momentum", "weight_decay", "auto_batch_size", "augment",
+                                     "cache_views", "workers", "seed")} == {
+        "epochs": 20, "lr": None, "momentum": 0.9, "weight_decay": 0.0001, "auto_batch_size": True,
+        "augment": "paper", "cache_views": 0, "workers": 8, "seed": 0}
+    assert all("--workers 8 " in line for line in output.splitlines() if " extract --model " in line)
+    print(f"dry run, {counts['total']} jobs: {seconds:.1f} s")
 
 
 def test_a_misspelled_tag_fails_the_dry_run_naming_the_model_and_the_tag(imagenet: Path, tmp_path: Path) -> None:
