@@ -239,6 +239,7 @@ def cmd_complementarity(args: argparse.Namespace) -> None:
     from kt.complementarity import complementarity
     from kt.figures import plot_flip_heatmap, plot_knowledge_vs_accdiff
 
+    # --threads: files loaded at once (chunked, float32) and the table's worker threads
     table = complementarity(args.logits, args.out, args.per_class, threads=args.threads)
     if args.heatmap:
         plot_flip_heatmap(table, args.heatmap)
@@ -309,7 +310,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kt", description=__doc__.splitlines()[0])
     p.add_argument("--plugin-dir", action="append", default=None,
                    help=f"folder of plugin modules (repeatable; default: ./{DEFAULT_PLUGIN_DIR} if it exists)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads: torch's, and complementarity's file-loading and table workers "
+                        "(default: torch's choice; complementarity: the cores this process may use)")
     p.add_argument("-q", "--quiet", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, arguments) in COMMANDS.items():

@@ -20,6 +20,11 @@ from kt.artifacts import atomic_path
 
 ANNOTATE_MAX_MODELS = 25
 """Heatmap cells are labelled with their value up to this many models (beyond, labels overlap)."""
+TICK_MAX_MODELS = 60
+"""Heatmap axes name every model up to this many; beyond, models are ordered by accuracy and the axes
+show accuracies instead (a zoo of 1,800 names is unreadable at any size)."""
+SCATTER_MAX_PAIRS = 5_000
+"""Above this many pairs the knowledge-vs-accuracy figure bins the pairs (hexagons) instead of dots."""
 
 
 def save_figure(fig: Figure, out_png: str | Path, dpi: int = 150) -> Path:
@@ -31,7 +36,19 @@ def save_figure(fig: Figure, out_png: str | Path, dpi: int = 150) -> Path:
 
 
 def _models(table: pl.DataFrame) -> list[str]:
-    return list(dict.fromkeys([*table["teacher"].to_list(), *table["student"].to_list()]))
+    return pl.concat([table["teacher"], table["student"]]).unique(maintain_order=True).to_list()
+
+
+def _accuracies(table: pl.DataFrame, models: list[str]) -> np.ndarray | None:
+    """Each model's top-1 accuracy from the pair table's teacher_acc/student_acc (None without them)."""
+    if not {"teacher_acc", "student_acc"} <= set(table.columns):
+        return None
+    acc = pl.concat([table.select(pl.col("teacher").alias("model"), pl.col("teacher_acc").alias("acc")),
+                     table.select(pl.col("student").alias("model"), pl.col("student_acc").alias("acc"))])
+    acc = acc.group_by("model").agg(pl.col("acc").drop_nulls().first())
+    by_model = dict(zip(acc["model"].to_list(), acc["acc"].to_list(), strict=True))
+    values = np.array([by_model.get(m) for m in models], dtype=float)
+    return None if np.isnan(values).any() else values
 
 
 # -------------------------------------------------------------------------------- complementarity
@@ -42,33 +59,55 @@ def plot_flip_heatmap(table: pl.DataFrame, out_png: str | Path, column: str = "p
 
     Why: shows at a glance that every pair holds complementary knowledge, and which models are rich
     teachers (bright rows) or have most to learn (bright columns). Cells are annotated for up to
-    :data:`ANNOTATE_MAX_MODELS` models; self-pairs are blank.
+    :data:`ANNOTATE_MAX_MODELS` models; self-pairs are blank. Up to :data:`TICK_MAX_MODELS` models
+    each is named on the axes; beyond (a whole zoo), models are ordered by accuracy, weakest first,
+    and the axes show accuracies, so that a gradient across the map reads as "stronger teachers know
+    more", without thousands of overlapping names. The grid is filled by index arithmetic, not a
+    loop over the M·(M−1) rows.
     """
     models = _models(table)
-    index = {m: i for i, m in enumerate(models)}
-    grid = np.full((len(models), len(models)), np.nan)
-    for t, s, v in table.select("teacher", "student", column).iter_rows():
-        if t != s and v is not None:
-            grid[index[t], index[s]] = v
-    size = max(4.0, min(24.0, 0.55 * len(models) + 2.5))
+    m = len(models)
+    by_accuracy = m > TICK_MAX_MODELS
+    acc = _accuracies(table, models) if by_accuracy else None
+    if acc is not None:
+        order = np.argsort(acc, kind="stable")
+        models, acc = [models[i] for i in order], acc[order]
+    codes = pl.Enum(models)
+    cells = table.select(pl.col("teacher").cast(codes).to_physical().alias("t"),
+                         pl.col("student").cast(codes).to_physical().alias("s"),
+                         pl.col(column).cast(pl.Float64).alias("v")).filter(
+        (pl.col("t") != pl.col("s")) & pl.col("v").is_not_null())
+    grid = np.full((m, m), np.nan)
+    grid[cells["t"].to_numpy(), cells["s"].to_numpy()] = cells["v"].to_numpy()
+    size = max(4.0, min(24.0, 0.55 * m + 2.5)) if not by_accuracy else 9.0
     fig = Figure(figsize=(size + 1.2, size))
     ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="equal")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="equal",
+                      interpolation="antialiased" if by_accuracy else "nearest")
     cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label("positive flips (% of eval samples)" if column == "pos_flips" else column)
-    ax.set_xticks(range(len(models)), models, rotation=90, fontsize=8 if len(models) < 40 else 5)
-    ax.set_yticks(range(len(models)), models, fontsize=8 if len(models) < 40 else 5)
-    ax.set_xlabel("student")
-    ax.set_ylabel("teacher")
+    if not by_accuracy:
+        ax.set_xticks(range(m), models, rotation=90, fontsize=8 if m < 40 else 5)
+        ax.set_yticks(range(m), models, fontsize=8 if m < 40 else 5)
+        ax.set_xlabel("student")
+        ax.set_ylabel("teacher")
+    elif acc is not None:  # a few positions labelled with the accuracy there, not per-model ticks
+        ticks = np.unique(np.linspace(0, m - 1, 7).round().astype(int))
+        ax.set_xticks(ticks, [f"{acc[i]:.1f}" for i in ticks], fontsize=8)
+        ax.set_yticks(ticks, [f"{acc[i]:.1f}" for i in ticks], fontsize=8)
+        ax.set_xlabel(f"students: {m} models, by accuracy (top-1 %)")
+        ax.set_ylabel(f"teachers: {m} models, by accuracy (top-1 %)")
+    else:  # no accuracies in the table: the given order, no names
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"students ({m} models)")
+        ax.set_ylabel(f"teachers ({m} models)")
     ax.set_title("Complementary knowledge: teacher right, student wrong")
-    if len(models) <= ANNOTATE_MAX_MODELS and np.isfinite(grid).any():
-        lo, hi = np.nanmin(grid), np.nanmax(grid)
-        mid = (lo + hi) / 2
-        for i in range(len(models)):
-            for j in range(len(models)):
-                if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                            color="black" if grid[i, j] > mid else "white")
+    if m <= ANNOTATE_MAX_MODELS and np.isfinite(grid).any():
+        mid = (np.nanmin(grid) + np.nanmax(grid)) / 2
+        for i, j in np.argwhere(np.isfinite(grid)):  # at most 25 x 24 labels
+            ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                    color="black" if grid[i, j] > mid else "white")
     return save_figure(fig, out_png)
 
 
@@ -76,22 +115,27 @@ def plot_knowledge_vs_accdiff(table: pl.DataFrame, out_png: str | Path) -> Path:
     """Positive flips against accuracy difference (teacher − student), one point per ordered pair.
 
     Why: the paper's Fig. 1 — complementary knowledge exists even for much weaker teachers (left of
-    the vertical line at 0), so accuracy alone is a poor guide to which teacher can help.
+    the vertical line at 0), so accuracy alone is a poor guide to which teacher can help. Up to 12
+    students each has its colour; above :data:`SCATTER_MAX_PAIRS` pairs (a zoo: 1,800 models give
+    3.2 million) dots would overplot into a blob, so the pairs are binned into hexagons coloured by
+    their count (log scale).
     """
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.add_subplot()
-    pairs = table.filter(pl.col("teacher") != pl.col("student"))
-    students = sorted(set(pairs["student"].to_list()))
-    few = len(students) <= 12
-    if few:
-        for s in students:
-            part = pairs.filter(pl.col("student") == s)
+    pairs = table.filter(pl.col("teacher") != pl.col("student")).drop_nulls(["acc_diff", "pos_flips"])
+    x, y = pairs["acc_diff"].to_numpy(), pairs["pos_flips"].to_numpy()
+    if len(pairs) > SCATTER_MAX_PAIRS:
+        bins = ax.hexbin(x, y, gridsize=60, bins="log", mincnt=1, cmap="viridis", linewidths=0)
+        fig.colorbar(bins, ax=ax, pad=0.02).set_label(f"pairs per bin ({len(pairs):,} in all)")
+    elif pairs["student"].n_unique() <= 12:  # one colour a student, in name order
+        parts = pairs.sort("student", maintain_order=True).partition_by("student", as_dict=True, maintain_order=True)
+        for (s,), part in parts.items():
             ax.scatter(part["acc_diff"].to_numpy(), part["pos_flips"].to_numpy(), s=22, alpha=0.8,
                        label=s, edgecolors="none")
-        ax.legend(title="student", fontsize=7, title_fontsize=8, loc="best", frameon=False)
+        if parts:
+            ax.legend(title="student", fontsize=7, title_fontsize=8, loc="best", frameon=False)
     else:
-        ax.scatter(pairs["acc_diff"].to_numpy(), pairs["pos_flips"].to_numpy(), s=6, alpha=0.4,
-                   edgecolors="none", color="C0")
+        ax.scatter(x, y, s=6, alpha=0.4, edgecolors="none", color="C0")
     ax.axvline(0.0, color="0.3", linestyle="--", linewidth=1)
     ax.set_xlabel("teacher − student top-1 accuracy (points)")
     ax.set_ylabel("positive flips (% of eval samples)")
@@ -173,10 +217,13 @@ def plot_by_student_size(runs: pl.DataFrame, colors: dict[str, str], out_png: st
         ((pl.col("delta") > 0).mean() * 100).alias("success"), pl.col("transferred_share").mean())
     fig = Figure(figsize=(9, 3.6))
     axes = fig.subplots(1, 2)
-    for row in per.iter_rows(named=True):
-        marker = FAMILY_MARKERS.get(row["student_family"] or "", "x")
+    marker = per["student_family"].cast(pl.String).replace_strict(FAMILY_MARKERS, default="x",
+                                                                  return_dtype=pl.String).fill_null("x")
+    for (strategy, mk), part in per.with_columns(marker=marker).partition_by(
+            "strategy", "marker", as_dict=True, maintain_order=True).items():  # one call a colour and marker
         for ax, key in zip(axes, ("success", "transferred_share"), strict=True):
-            ax.scatter(row["student_params"], row[key], color=colors[row["strategy"]], marker=marker, s=30)
+            ax.scatter(part["student_params"].to_numpy(), part[key].cast(pl.Float64).to_numpy(), color=colors[strategy],
+                       marker=mk, s=30)
     for ax, label in zip(axes, ("success rate over teachers (%)", "transferred share of positive flips (%)"),
                          strict=True):
         ax.set_xscale("log")
@@ -198,16 +245,23 @@ def plot_multi_teacher(groups: pl.DataFrame, out_png: str | Path) -> Path:
     fig = Figure(figsize=(1.5 + 2.2 * len(groups), 3.6))
     ax = fig.subplots()
     width = 0.8 / (len(modes) + 1)
-    for g, row in enumerate(groups.iter_rows(named=True)):
-        mean, low, high = row["single_mean_delta"], row["single_min_delta"], row["single_max_delta"]
-        if mean is not None:
-            ax.bar(g, mean, width, color="grey", yerr=[[mean - low], [high - mean]], capsize=3,
-                   label="single teacher (mean, min-max)" if g == 0 else None)
-        for m, mode in enumerate(modes, 1):
-            if row[f"{mode}_delta"] is not None:
-                ax.bar(g + m * width, row[f"{mode}_delta"], width, color=f"C{m - 1}", label=mode if g == 0 else None)
-    ax.set_xticks([g + width * len(modes) / 2 for g in range(len(groups))],
-                  [f"{r['teacher']} → {r['student']}" for r in groups.iter_rows(named=True)], fontsize=8)
+    x = np.arange(len(groups), dtype=float)
+
+    def values(col: str) -> np.ndarray:
+        return groups[col].cast(pl.Float64).to_numpy()  # nulls -> NaN
+
+    mean, low, high = values("single_mean_delta"), values("single_min_delta"), values("single_max_delta")
+    has = np.isfinite(mean)
+    if has.any():
+        ax.bar(x[has], mean[has], width, color="grey", yerr=[mean[has] - low[has], high[has] - mean[has]], capsize=3,
+               label="single teacher (mean, min-max)")
+    for m, mode in enumerate(modes, 1):
+        delta = values(f"{mode}_delta")
+        has = np.isfinite(delta)
+        if has.any():
+            ax.bar(x[has] + m * width, delta[has], width, color=f"C{m - 1}", label=mode)
+    ax.set_xticks(x + width * len(modes) / 2,
+                  (groups["teacher"] + " → " + groups["student"]).to_list(), fontsize=8)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("transfer delta Δ (points)")
     ax.set_title("Multi-teacher transfer vs single teachers")

@@ -313,3 +313,169 @@ def test_vectorised_equals_naive_large_and_uneven_classes() -> None:
     assert_matches_naive(correct, labels, 5, p_true, None, block_bytes=1, threads=2)
     stats = flip_stats(correct, labels, 5)
     assert np.array_equal(np.diag(stats["count"]), np.zeros(5))
+
+
+# ------------------------------------------------------------------ chunked float32 loading
+
+
+def old_softmax_stats(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The loader's formula before issue 14, verbatim: whole array, float64, max-shifted."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    total = e.sum(axis=1)
+    return (e[np.arange(len(z)), labels] / total).astype(np.float32), (1.0 / total).astype(np.float32)
+
+
+def large_logits(rng: np.random.Generator, n: int, c: int) -> np.ndarray:
+    """Logits far from 0 (offsets up to 1e4, spreads up to 3e3, a few rows near float32's limits)."""
+    z = rng.standard_normal((n, c)) * rng.choice([0.1, 3.0, 50.0, 3e3], (n, 1)) + rng.choice([0, -1e4, 1e4], (n, 1))
+    z[0] = np.linspace(-3e38, 3e38, c)  # z - max overflows to -inf for the lowest: exp is 0 either way
+    z[1] = 1e4  # all tied: p = 1/c, the arg-max is class 0
+    z[2, :] = -1e4
+    z[2, 3] = 1e4 + 1e-1
+    z[4] = np.roll(z[3], 5)  # the same logits at other positions: the same confidence, exactly
+    return z.astype(np.float32)
+
+
+def test_float32_chunked_loading_equals_old_float64_formula(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    n, c = 997, 37
+    labels = rng.integers(0, c, n)
+    labels[1] = 0  # the tied row: correct (arg-max is the first maximum)
+    z = large_logits(rng, n, c)
+    files = [write_logits(tmp_path / "big.h5", z, labels, model="big")]
+    pred = load_predictions(files, threads=1, chunk_rows=100)
+    p_old, conf_old = old_softmax_stats(z, labels)
+    assert np.array_equal(pred.correct[0], z.argmax(axis=1) == labels)
+    assert pred.correct[0, 1] and pred.probs_true.dtype == np.float32 and pred.conf.dtype == np.float32
+    # float32 all the way vs float64 rounded to float32: ~1 ulp apart; tiny probabilities (float32
+    # subnormals, below 1.2e-38) agree in absolute terms only
+    np.testing.assert_allclose(pred.probs_true[0], p_old, rtol=1e-6, atol=np.finfo(np.float32).tiny)
+    np.testing.assert_allclose(pred.conf[0], conf_old, rtol=1e-6, atol=0)
+    assert pred.probs_true[0, 1] == pytest.approx(1 / c, rel=1e-6)
+    assert pred.conf[0, 3] == pred.conf[0, 4]  # summed in float64: no order-dependent last bit (ties stay ties)
+    assert (p_old > 1e-3).sum() > 100  # the comparison covered real probabilities, not only zeros
+
+
+def test_chunking_threads_and_processes_give_identical_arrays(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    n, c = 1001, 23
+    labels = rng.integers(0, c, n)
+    files = [write_logits(tmp_path / f"m{i}.h5", (rng.standard_normal((n, c)) * 4).astype(np.float32), labels,
+                          model=f"m{i}") for i in range(5)]
+    ref = load_predictions(files, threads=1, chunk_rows=n)  # one block
+    for kwargs in (dict(threads=1, chunk_rows=7), dict(threads=1, chunk_rows=300), dict(threads=2, chunk_rows=64),
+                   dict(threads=3, chunk_rows=1), dict(threads=2, chunk_rows=333, pool="process")):
+        got = load_predictions(files, **kwargs)
+        assert got.names == ref.names, kwargs
+        for key in ("correct", "probs_true", "conf", "labels"):
+            assert np.array_equal(getattr(got, key), getattr(ref, key)), (key, kwargs)
+
+
+def test_loading_row_chunked_float16_storage(tmp_path: Path) -> None:
+    # The extract step's layout (LogitsWriter: HDF5 chunks of whole rows), stored as float16: read
+    # back as float32, blocks aligned to the file's chunks.
+    from kt.artifacts import LogitsWriter
+
+    rng = np.random.default_rng(9)
+    n, c = 3000, 300  # 873 rows a 1 MiB chunk of float16
+    labels = rng.integers(0, c, n)
+    z = (rng.standard_normal((n, c)) * 3).astype(np.float16)
+    with h5py.File(tmp_path / "h.h5", "w") as f:
+        writer = LogitsWriter(f, np.arange(n), labels, c, dtype="float16")
+        writer.write(0, z)
+        writer.flush()
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["model"] = "half"
+    got = load_predictions([tmp_path / "h.h5"], threads=1, chunk_rows=1000)
+    p_old, conf_old = old_softmax_stats(z.astype(np.float32), labels)
+    assert np.array_equal(got.correct[0], z.astype(np.float32).argmax(axis=1) == labels)
+    np.testing.assert_allclose(got.probs_true[0], p_old, rtol=1e-6, atol=np.finfo(np.float32).tiny)
+    np.testing.assert_allclose(got.conf[0], conf_old, rtol=1e-6)
+
+
+def test_parallel_loading_reports_the_first_bad_file(tmp_path: Path) -> None:
+    z = logits_for(CORRECT["A"], LABELS)
+    good = [write_logits(tmp_path / f"g{i}.h5", z, LABELS, model=f"g{i}") for i in range(4)]
+    bad = z.copy()
+    bad[5, 1] = -np.inf  # -inf alone: the row maximum stays finite
+    inf = write_logits(tmp_path / "inf.h5", bad, LABELS, model="inf")
+    with pytest.raises(KtError, match="non-finite") as err:
+        load_predictions([*good[:2], inf, *good[2:]], threads=2, chunk_rows=3)
+    assert str(inf) in str(err.value)
+    other = write_logits(tmp_path / "other.h5", z, LABELS, fingerprint="other", model="other")
+    with pytest.raises(KtError, match="dataset_fingerprint") as err:  # in file order: before inf.h5
+        load_predictions([*good[:2], other, inf], threads=2)
+    assert str(other) in str(err.value)
+    out_of_range = write_logits(tmp_path / "oor.h5", z, np.full(10, 3), model="oor")
+    with pytest.raises(KtError, match="labels outside 0..2"):
+        load_predictions([out_of_range, *good], threads=2)
+    with pytest.raises(KtError, match="different labels"):
+        load_predictions([*good, out_of_range], threads=2)
+
+
+# ------------------------------------------------------------------------------------ figures
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The Figure objects the kt.figures functions save (still written, for the PNG check)."""
+    import kt.figures
+
+    saved, save = [], kt.figures.save_figure
+
+    def keep(fig, out_png, **kw):
+        saved.append(fig)
+        return save(fig, out_png, **kw)
+
+    monkeypatch.setattr(kt.figures, "save_figure", keep)
+    return saved
+
+
+def pair_frame(m: int, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    acc = rng.uniform(60, 90, m)
+    t, s = np.divmod(np.arange(m * m), m)
+    t, s = t[t != s], s[t != s]
+    names = np.array([f"model{i:04d}" for i in range(m)])
+    return pl.DataFrame({"teacher": names[t], "student": names[s], "teacher_acc": acc[t], "student_acc": acc[s],
+                         "acc_diff": acc[t] - acc[s], "pos_flips": rng.uniform(1, 10, len(t))})
+
+
+def test_flip_heatmap_small_annotated_large_by_accuracy(tmp_path: Path, figures: list) -> None:
+    from kt.figures import plot_flip_heatmap
+
+    small = pair_frame(5)
+    assert plot_flip_heatmap(small, tmp_path / "small.png").stat().st_size > 1000
+    ax = figures[-1].axes[0]
+    assert len(ax.texts) == 20 and [t.get_text() for t in ax.get_xticklabels()] == [f"model{i:04d}" for i in range(5)]
+    grid = ax.images[0].get_array()
+    row = small.filter((pl.col("teacher") == "model0002") & (pl.col("student") == "model0004"))
+    assert grid[2, 4] == pytest.approx(row["pos_flips"].item()) and grid.mask[3, 3]
+
+    big = pair_frame(80)
+    plot_flip_heatmap(big, tmp_path / "big.png")
+    ax = figures[-1].axes[0]
+    assert not ax.texts and len(ax.get_xticks()) <= 7 and "by accuracy" in ax.get_xlabel()
+    acc = big.group_by("teacher").agg(pl.col("teacher_acc").first()).sort("teacher_acc")
+    grid = ax.images[0].get_array()  # rows and columns ordered by accuracy, weakest first
+    weakest, strongest = acc["teacher"][0], acc["teacher"][-1]
+    cell = big.filter((pl.col("teacher") == strongest) & (pl.col("student") == weakest))
+    assert grid[79, 0] == pytest.approx(cell["pos_flips"].item())
+
+
+def test_knowledge_scatter_bins_a_zoo(tmp_path: Path, figures: list) -> None:
+    from matplotlib.collections import PolyCollection
+
+    from kt.figures import SCATTER_MAX_PAIRS, plot_knowledge_vs_accdiff
+
+    plot_knowledge_vs_accdiff(pair_frame(6), tmp_path / "few.png")
+    ax = figures[-1].axes[0]
+    assert ax.get_legend() is not None and len(ax.collections) == 6  # one colour a student
+    zoo = pair_frame(75)
+    assert zoo.height > SCATTER_MAX_PAIRS
+    plot_knowledge_vs_accdiff(zoo, tmp_path / "zoo.png")
+    ax = figures[-1].axes[0]
+    assert [type(c) for c in ax.collections] == [PolyCollection]  # hexbin, no dots
+    assert ax.collections[0].get_array().sum() == zoo.height

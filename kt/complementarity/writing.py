@@ -149,8 +149,10 @@ def write_complementarity(out_parquet: str | Path, out_h5: str | Path, correct: 
 def complementarity(files: Sequence[str | Path], out_parquet: str | Path, out_h5: str | Path, *,
                     pairs: Sequence[tuple[str, str]] | None = None, h5_max_bytes: int = DEFAULT_H5_MAX_BYTES,
                     threads: int | None = None) -> pl.DataFrame:
-    """The CLI step: eval logits files → ``pairs.parquet`` + ``per_class.h5``; returns the table."""
-    pred = load_predictions(files)
+    """The CLI step: eval logits files → ``pairs.parquet`` + ``per_class.h5``; returns the table.
+    ``threads`` bounds the workers of both the loading and the table (default: the cores this process
+    may use)."""
+    pred = load_predictions(files, threads=threads)
     if len(pred.names) < 2:
         raise KtError(f"complementarity needs at least two models' eval logits; got {len(pred.names)} "
                       f"({', '.join(map(str, pred.files))}). Add models to the config.")
