@@ -2,6 +2,7 @@
 
 import functools
 import json
+import math
 import os
 import re
 import shlex
@@ -399,3 +400,18 @@ def soup_seconds(wildcards):
 def the(role):
     """``[wildcards.role]``: the one model a resource function sizes."""
     return lambda wildcards: [getattr(wildcards, role)]
+
+
+def complementarity_mb(wildcards, attempt):
+    """Per model and eval sample: correctness and two float32 statistics held (9 B), the table's
+    block working memory and libraries on top (benchmarks/README.md, section complementarity)."""
+    held = len(MODELS) * split_size("eval") * 9 / 2**20
+    return int(math.ceil((kt_resources.BASE_MB + 2 * held) * attempt / 500) * 500)
+
+
+def complementarity_minutes(wildcards, attempt):
+    """Per 50,000 eval samples: loading ~0.25 s a file (1000 classes) and the table ~30 us a pair
+    on 2 cores (benchmarks/README.md, section complementarity)."""
+    scale = split_size("eval") / 50_000
+    seconds = scale * (0.25 * len(MODELS) + 3e-5 * len(MODELS) ** 2)
+    return kt_resources.runtime_min(seconds, safety=config["resources"]["safety"], attempt=attempt)

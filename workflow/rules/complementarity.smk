@@ -28,8 +28,8 @@ rule complementarity:
     threads: 2
     retries: 0  # not resumable: fails at once
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=complementarity_mb,
+        runtime=complementarity_minutes,
     shell:
         "{params.kt} --threads {threads} complementarity --logits {input.logits} --out {output.table} "
         "--per-class {output.per_class} --heatmap {output.heatmap} --scatter {output.scatter} > {log} 2>&1"
