@@ -142,6 +142,19 @@ def cmd_extract(args: argparse.Namespace) -> None:
             registry=_registry(args))
 
 
+@command(arg("--models", type=_json_arg, required=True, help='JSON {"name": spec, ...}'),
+         arg("--out", required=True, help="JSON file: {name: {params, size} or null}"))
+def cmd_model_sizes(args: argparse.Namespace) -> None:
+    """Parameters and input size of models built on the meta device (sizes jobs before extraction)."""
+    from kt.artifacts import atomic_path
+    from kt.resources import model_sizes
+
+    sizes = model_sizes(args.models, _registry(args))
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(sizes, indent=1, sort_keys=True))
+    print(f"{sum(v is not None for v in sizes.values())} of {len(sizes)} models sized: {args.out}")
+
+
 @command(MODEL, DATASET, arg("--device", default=DEVICE, help="auto (GPU if given one), cpu, cuda, cuda:N"),
          arg("--out", required=True, help="HDF5 file of the head"))
 def cmd_zero_shot_head(args: argparse.Namespace) -> None:

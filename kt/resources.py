@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 BASE_MB = 2000  # a torch job's libraries, CUDA context and dataset index (host side)
 WORKER_MB = 500  # one loader process: a torch import plus its prefetched batches
@@ -47,6 +48,27 @@ class ModelCost:
     @property
     def mb(self) -> float:
         return self.params * 4 / 2**20  # float32 weights
+
+
+def model_sizes(specs: dict[str, Any], registry: Any = None) -> dict[str, dict[str, int] | None]:
+    """Parameters and input side of each model, built on the meta device (no weights, no memory:
+    ~0.1-0.5 s a model), so that an extraction is sized before it measures its model; None for a
+    model that cannot be built there (e.g. open_clip's zero-shot head needs its text tower)."""
+    import torch
+
+    from kt.errors import KtError
+    from kt.models import ModelSpec, create_model
+
+    sizes: dict[str, dict[str, int] | None] = {}
+    for name, entry in specs.items():
+        spec = ModelSpec.parse(entry)
+        try:
+            with torch.device("meta"):
+                model = create_model(replace(spec, weights=None, pretrained=False), None, registry)
+            sizes[name] = {"params": sum(p.numel() for p in model.parameters()), "size": int(model.preprocess.size)}
+        except (KtError, RuntimeError, TypeError, ValueError, NotImplementedError):
+            sizes[name] = None
+    return sizes
 
 
 def memory_mb(*, students: list[ModelCost], frozen: list[ModelCost], batch: int, workers: int,

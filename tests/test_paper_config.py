@@ -109,9 +109,9 @@ def test_the_paper_config_plans_offline_with_only_the_root(imagenet: Path, tmp_p
     assert (len(pairs), len(paired), len(controls), len(members - pairs)) == (399, 5, 21, 3)  # twins_svt_l's members
     assert transfers == 2019
     modes = len(groups) * len(config["multi_teacher"]["modes"])  # sequential, parallel, soup for 3 groups
-    assert counts == {"extract": 39, "complementarity": 1, "select_pairs": 1, "transfer": 2019,
+    assert counts == {"model_sizes": 1, "extract": 39, "complementarity": 1, "select_pairs": 1, "transfer": 2019,
                       "multi_transfer": 6, "soup": 3, "evaluate": 2019 + modes, "summarize": 1, "all": 1,
-                      "total": 4099}, counts
+                      "total": 4100}, counts
     assert "rule cache_frozen:" not in output  # cache_views 0: the frozen models run online
 
     extracted = re.findall(r"wildcards: split=(\w+), model=(\w+)", output)

@@ -83,3 +83,33 @@ def test_only_resumable_rules_may_be_retried() -> None:
             rules[name] = "retries: 0" in body
     assert {name for name, pinned in rules.items() if not pinned} == {"cache_frozen", "transfer", "multi_transfer"}
     assert len(rules) >= 10
+
+
+def test_model_sizes_builds_models_on_the_meta_device() -> None:
+    from kt.resources import model_sizes
+
+    sizes = model_sizes({"r50": "timm:resnet50.a1_in1k", "tv": {"id": "torchvision:resnet18/IMAGENET1K_V1"},
+                         "vit384": "timm:vit_base_patch16_384.augreg_in21k_ft_in1k"})
+    assert sizes == {"r50": {"params": 25_557_032, "size": 224}, "tv": {"params": 11_689_512, "size": 224},
+                     "vit384": {"params": 86_859_496, "size": 384}}
+
+
+def test_pretrained_models_are_sized_before_their_extraction(tmp_path: Path) -> None:
+    """A hub model's extraction waits for model_sizes.json and asks for memory from it: 2000 + 2 x
+    97.5 MB (ResNet-50) + 4 batches of 256 x 3 x 224^2 (588 MB) = 2783 -> 3000 MB; before the file
+    exists, the 100M stand-in: 2000 + 2 x 381.5 + 588 = 3351 -> 3500 MB."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["results"] = str(tmp_path / "res")
+    config["models"] = [{"id": "timm:resnet50.a1_in1k", "name": "r50", "num_classes": 10}]
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(config))
+    target = f"{tmp_path}/res/logits/eval/r50.h5"
+    done = dry_run(target, "--configfile", str(tmp_path / "my.yaml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rule model_sizes:" in done.stdout
+    assert _resources(done.stdout, "extract") == [{"runtime": 10, "mem_mb": 3500}]
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "model_sizes.json").write_text('{"r50": {"params": 25557032, "size": 224}}')
+    done = dry_run(target, "--configfile", str(tmp_path / "my.yaml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rule model_sizes:" not in done.stdout
+    assert _resources(done.stdout, "extract") == [{"runtime": 10, "mem_mb": 3000}]

@@ -330,14 +330,29 @@ def split_size(split):
         return 50_000
 
 
+MODEL_SIZES = f"{RESULTS}/model_sizes.json"  # written by model_sizes (pretrained models built on the meta device)
+# zoo models: their checkpoints' sizes; open_clip models: none (building the head needs the text tower)
+SIZED = [m for m in MODELS if m not in ZOO and m not in HEADS]
+
+
 def model_cost(model):
-    """Parameters and images/s of ``model`` from its eval logits (a checkpoint's size before them)."""
+    """Parameters and images/s of ``model`` from its eval logits; before them its parameters from
+    model_sizes.json (pretrained models) or its checkpoint's size (zoo models)."""
     spec = MODELS[model]
     cost = kt_resources.ModelCost.read(f"{RESULTS}/logits/eval/{model}.h5", config["resources"]["images_per_s"],
                                        (spec.preprocess or {}).get("size", 224))
-    if cost.params == kt_resources.UNKNOWN_PARAMS and spec.weights and os.path.isfile(spec.weights):
-        cost = kt_resources.ModelCost(os.path.getsize(spec.weights) // 4, cost.images_per_s, cost.size)
-    return cost
+    if cost.params != kt_resources.UNKNOWN_PARAMS:
+        return cost
+    if spec.weights and os.path.isfile(spec.weights):
+        return kt_resources.ModelCost(os.path.getsize(spec.weights) // 4, cost.images_per_s, cost.size)
+    size = json.loads(open(MODEL_SIZES).read()).get(model) if os.path.isfile(MODEL_SIZES) else None
+    return kt_resources.ModelCost(size["params"], cost.images_per_s, size["size"]) if size else cost
+
+
+def sizes_input(wildcards):
+    """An extraction of a pretrained model waits for model_sizes.json, so that it is sized from it;
+    ancient: a rebuilt file (a model added to the config) never reruns an extraction."""
+    return ancient(MODEL_SIZES) if wildcards.model in SIZED else []
 
 
 def run_teachers(wildcards):

@@ -4,6 +4,7 @@
 rule extract:
     input:
         weights=weights_of("model"),
+        sizes=sizes_input,
     output:
         logits=f"{RESULTS}/logits/{{split}}/{{model}}.h5",
     params:
@@ -32,6 +33,27 @@ rule extract:
         "--dataset {params.dataset} --split {wildcards.split} --batch-size {params.batch_size} "
         "--workers {params.workers} --dtype {params.dtype} --device {params.device} {params.features} "
         "--out {output.logits} > {log} 2>&1"
+
+
+rule model_sizes:
+    output:
+        sizes=MODEL_SIZES,
+    params:
+        kt=KT,
+        models=lambda wildcards: as_arg({m: MODELS[m].to_dict() for m in SIZED}),
+    log:
+        f"{RESULTS}/logs/model_sizes.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/model_sizes.tsv"
+    conda:
+        ENV
+    threads: 1
+    retries: 0  # not resumable: fails at once
+    resources:
+        mem_mb=2000,
+        runtime=lambda wildcards: 10 + len(SIZED) // 100,  # ~0.3 s a model on the meta device
+    shell:
+        "{params.kt} --threads {threads} model-sizes --models {params.models} --out {output.sizes} > {log} 2>&1"
 
 
 rule zero_shot_head:
