@@ -331,8 +331,9 @@ def split_size(split):
 
 
 MODEL_SIZES = f"{RESULTS}/model_sizes.json"  # written by model_sizes (pretrained models built on the meta device)
-# zoo models: their checkpoints' sizes; open_clip models: none (building the head needs the text tower)
-SIZED = [m for m in MODELS if m not in ZOO and m not in HEADS]
+# Hub models only: a local checkpoint's size tells its parameters (zoo models, weight files), and
+# open_clip models are not built on the meta device (their head needs the text tower).
+SIZED = [m for m, spec in MODELS.items() if not spec.weights and m not in HEADS]
 
 
 def model_cost(model):
