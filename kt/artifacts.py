@@ -206,20 +206,25 @@ def check_version(path: str | Path, attrs: dict[str, Any]) -> None:
                       f"{FORMAT_VERSION}); upgrade kt or rerun the step with this version.")
 
 
+def read_header(f: h5py.File, path: str | Path) -> tuple[dict[str, Any], np.ndarray]:
+    """A logits file's attrs (format version checked) and sample index, its layout checked: what
+    every reader needs before the arrays."""
+    attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    check_version(path, attrs)
+    missing = {"logits", "labels", "index"} - set(f)
+    if missing:
+        raise KtError(f"{path} lacks dataset(s) {sorted(missing)}; it is not a kt logits file "
+                      "(or was cut short): delete it and rerun the step that writes it.")
+    index = f["index"][:]
+    return attrs, index.astype(str) if index.dtype.kind == "O" else index
+
+
 def read_logits(path: str | Path, features: bool = False) -> LogitsFile:
     """Load a logits file fully into memory (float32 whatever the storage), checking its layout and
     format version."""
     with open_h5(path) as f:
-        attrs = {k: _attr(v) for k, v in f.attrs.items()}
-        check_version(path, attrs)
-        missing = {"logits", "labels", "index"} - set(f)
-        if missing:
-            raise KtError(f"{path} lacks dataset(s) {sorted(missing)}; it is not a kt logits file "
-                          "(or was cut short): delete it and rerun the step that writes it.")
         try:
-            index = f["index"][:]
-            if index.dtype.kind == "O":
-                index = index.astype(str)
+            attrs, index = read_header(f, path)
             feats = f["features"][:].astype(np.float32, copy=False) if features and "features" in f else None
             return LogitsFile(Path(path), f["logits"][:].astype(np.float32, copy=False), f["labels"][:], index,
                               attrs, feats)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kt.artifacts import LogitsFile, _attr, check_same_samples, check_version, open_h5
+from kt.artifacts import LogitsFile, check_same_samples, open_h5, read_header
 from kt.errors import KtError
 
 DEFAULT_CHUNK_ROWS = 1024
@@ -119,15 +119,7 @@ runs outside it, in parallel."""
 
 
 def _read_header(f: Any, path: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray, Any]:
-    attrs = {k: _attr(v) for k, v in f.attrs.items()}
-    check_version(path, attrs)
-    missing = {"logits", "labels", "index"} - set(f)
-    if missing:
-        raise KtError(f"{path} lacks dataset(s) {sorted(missing)}; it is not a kt logits file "
-                      "(or was cut short): delete it and rerun the step that writes it.")
-    index = f["index"][:]
-    if index.dtype.kind == "O":
-        index = index.astype(str)
+    attrs, index = read_header(f, path)
     labels = f["labels"][:].astype(np.int64)
     ds = f["logits"]
     if ds.ndim != 2 or ds.shape[0] != len(labels):

@@ -340,14 +340,21 @@ def model_cost(model):
     """Parameters and images/s of ``model`` from its eval logits; before them its parameters from
     model_sizes.json (pretrained models) or its checkpoint's size (zoo models)."""
     spec = MODELS[model]
-    cost = kt_resources.ModelCost.read(f"{RESULTS}/logits/eval/{model}.h5", config["resources"]["images_per_s"],
-                                       (spec.preprocess or {}).get("size", 224))
-    if cost.params != kt_resources.UNKNOWN_PARAMS:
-        return cost
+    logits = f"{RESULTS}/logits/eval/{model}.h5"
+    if os.path.isfile(logits):
+        return measured_cost(logits, (spec.preprocess or {}).get("size", 224))
+    cost = kt_resources.ModelCost(kt_resources.UNKNOWN_PARAMS, config["resources"]["images_per_s"],
+                                  (spec.preprocess or {}).get("size", 224))
     if spec.weights and os.path.isfile(spec.weights):
         return kt_resources.ModelCost(os.path.getsize(spec.weights) // 4, cost.images_per_s, cost.size)
     size = json.loads(open(MODEL_SIZES).read()).get(model) if os.path.isfile(MODEL_SIZES) else None
     return kt_resources.ModelCost(size["params"], cost.images_per_s, size["size"]) if size else cost
+
+
+@functools.cache
+def measured_cost(logits, size):
+    """A model's measured cost, read once per Snakemake process (thousands of jobs share a model)."""
+    return kt_resources.ModelCost.read(logits, config["resources"]["images_per_s"], size)
 
 
 def sizes_input(wildcards):
