@@ -229,9 +229,9 @@ def test_too_few_models_is_explained() -> None:
 
 
 @pytest.mark.parametrize(("multi", "message"), [
-    ({"groups": [{"student": "resnet_a", "teachers": ["vit", "convnxt"]}]}, r"unknown model.*convnxt.*convnext"),
+    ({"groups": [{"student": "resnet_a", "teachers": ["vit", "squeezenett"]}]}, r"unknown model.*squeezenett.*squeezenet"),
     ({"groups": [{"student": "resnet_a", "teachers": ["vit", "resnet_a"]}]}, "holds the student"),
-    ({"groups": [{"student": "resnet_a", "top": 2, "teachers": ["vit", "convnext"]}]}, "not both or neither"),
+    ({"groups": [{"student": "resnet_a", "top": 2, "teachers": ["vit", "vit_p4"]}]}, "not both or neither"),
     ({"groups": [{"student": "resnet_a", "top": 9}]}, "only 5 models besides the student"),
     ({"groups": [{"student": "resnet_a", "top": 2}, {"student": "vit", "top": 2}]}, "'top2' is used twice"),
     ({"groups": [{"student": "resnet_a", "top": 2, "name": "vit"}]}, "is a model's name"),

@@ -64,7 +64,7 @@ def test_a_dry_run_sizes_jobs_from_the_config(tmp_path: Path) -> None:
     config["transfer"]["workers"] = 4
     config["results"] = str(tmp_path / "res")
     (tmp_path / "my.yaml").write_text(yaml.safe_dump(config))
-    target = f"{tmp_path}/res/transfer/kl/resnet_a__convnext/student.pth"
+    target = f"{tmp_path}/res/transfer/kl/resnet_a__vit_p4/student.pth"
     done = dry_run(target, "--configfile", str(tmp_path / "my.yaml"))  # the target first
     assert done.returncode == 0, done.stderr[-3000:]
     assert _resources(done.stdout, "transfer") == [{"runtime": 16, "mem_mb": 7000}]

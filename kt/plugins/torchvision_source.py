@@ -53,7 +53,12 @@ class TorchvisionSource(ModelSource):
                                  interpolation=t.interpolation.value,
                                  crop_pct=float(t.crop_size[0]) / float(t.resize_size[0]))
             classes = classes or weights_enum.meta.get("categories")
-        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linear:
+            raise KtError(f"model {spec.slug!r}: torchvision {name} has no nn.Linear classifier (SqueezeNet's "
+                          "is a convolution); kt reads pooled features at the final linear layer. Use a "
+                          "model with a linear head, or register a model source that wraps this one.")
+        head = linear[-1]
         return Classifier(model, head, prep.updated(spec.preprocess), head.out_features, spec,
                           weights_origin(spec, f"torchvision/{spec.arch}"), classes)
 
