@@ -229,7 +229,8 @@ def test_too_few_models_is_explained() -> None:
 
 
 @pytest.mark.parametrize(("multi", "message"), [
-    ({"groups": [{"student": "resnet_a", "teachers": ["vit", "shufflenett"]}]}, r"unknown model.*shufflenett.*shufflenet"),
+    ({"groups": [{"student": "resnet_a", "teachers": ["vit", "shufflenett"]}]},
+     r"unknown model.*shufflenett.*shufflenet"),
     ({"groups": [{"student": "resnet_a", "teachers": ["vit", "resnet_a"]}]}, "holds the student"),
     ({"groups": [{"student": "resnet_a", "top": 2, "teachers": ["vit", "vit_p4"]}]}, "not both or neither"),
     ({"groups": [{"student": "resnet_a", "top": 9}]}, "only 5 models besides the student"),
