@@ -125,12 +125,12 @@ def test_torchvision_weight_file_that_does_not_fit_is_a_kt_error(tmp_path: Path)
         create_model(ModelSpec(id="torchvision:mobilenet_v3_small", weights=str(path), num_classes=5))
 
 
-
 def test_torchvision_model_without_a_linear_head_is_a_kt_error() -> None:
     """SqueezeNet classifies with a 1x1 convolution: kt names the model and what it needs instead of
     failing on an empty list."""
     with pytest.raises(KtError, match=r"torchvision squeezenet1_1 has no nn.Linear classifier"):
         create_model(ModelSpec(id="torchvision:squeezenet1_1", num_classes=10, pretrained=False))
+
 
 # ---------------------------------------------------------------------------------------- open_clip
 

@@ -338,17 +338,28 @@ SIZED = [m for m, spec in MODELS.items() if not spec.weights and m not in HEADS]
 
 def model_cost(model):
     """Parameters and images/s of ``model`` from its eval logits; before them its parameters from
-    model_sizes.json (pretrained models) or its checkpoint's size (zoo models)."""
+    its checkpoint's size (zoo models, weight files) or model_sizes.json (hub models)."""
     spec = MODELS[model]
+    size = (spec.preprocess or {}).get("size", 224)
     logits = f"{RESULTS}/logits/eval/{model}.h5"
     if os.path.isfile(logits):
-        return measured_cost(logits, (spec.preprocess or {}).get("size", 224))
-    cost = kt_resources.ModelCost(kt_resources.UNKNOWN_PARAMS, config["resources"]["images_per_s"],
-                                  (spec.preprocess or {}).get("size", 224))
+        return measured_cost(logits, size)
+    speed = config["resources"]["images_per_s"]
     if spec.weights and os.path.isfile(spec.weights):
-        return kt_resources.ModelCost(os.path.getsize(spec.weights) // 4, cost.images_per_s, cost.size)
-    size = json.loads(open(MODEL_SIZES).read()).get(model) if os.path.isfile(MODEL_SIZES) else None
-    return kt_resources.ModelCost(size["params"], cost.images_per_s, size["size"]) if size else cost
+        return kt_resources.ModelCost(os.path.getsize(spec.weights) // 4, speed, size)
+    sized = known_sizes(os.path.getmtime(MODEL_SIZES) if os.path.isfile(MODEL_SIZES) else None).get(model)
+    if sized:
+        return kt_resources.ModelCost(sized["params"], speed, sized["size"])
+    return kt_resources.ModelCost(kt_resources.UNKNOWN_PARAMS, speed, size)
+
+
+@functools.cache
+def known_sizes(mtime):
+    """model_sizes.json, read once per version of the file (it appears while Snakemake runs)."""
+    if mtime is None:
+        return {}
+    with open(MODEL_SIZES) as f:
+        return json.load(f)
 
 
 @functools.cache
