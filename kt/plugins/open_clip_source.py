@@ -8,6 +8,9 @@ Building a head runs the text tower over classes x templates (1000 x 80 prompts 
 the workflow builds it once per model (``kt zero-shot-head``, an HDF5 artifact whose attrs say what
 it was built from) and hands it to every job as ``args.head``; a head built for other classes,
 templates or weights is refused, never reused.
+
+open_clip is imported where a CLIP model is listed or built, not with the plugin: every kt process
+loads the built-in plugins, and most never touch CLIP (the import costs about a second a job).
 """
 
 from __future__ import annotations
@@ -18,13 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
-from open_clip.zero_shot_metadata import (
-    IMAGENET_CLASSNAMES,
-    OPENAI_IMAGENET_TEMPLATES,
-    SIMPLE_IMAGENET_TEMPLATES,
-)
 from torch import nn
 
 import kt
@@ -33,7 +30,7 @@ from kt.errors import KtError
 from kt.models import Classifier, ModelSource, ModelSpec, weights_origin
 from kt.preprocess import Preprocessing
 
-TEMPLATES = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
+TEMPLATE_SETS = {"openai": "OPENAI_IMAGENET_TEMPLATES", "simple": "SIMPLE_IMAGENET_TEMPLATES"}
 HEAD_ARG = "head"  # args key: a stored zero-shot head (kt zero-shot-head) instead of building one
 SYNSET = re.compile(r"n\d{8}")
 
@@ -50,11 +47,22 @@ class ZeroShotBody(nn.Module):
         return self.head(nn.functional.normalize(self.visual(x), dim=-1))
 
 
+def prompt_templates(name: str) -> tuple:
+    """open_clip's prompt templates of set ``name`` (a key of TEMPLATE_SETS)."""
+    from open_clip import zero_shot_metadata
+
+    return getattr(zero_shot_metadata, TEMPLATE_SETS[name])
+
+
 class OpenClipSource(ModelSource):
     def known_models(self) -> list[str]:
+        import open_clip
+
         return open_clip.list_models()
 
     def known_tags(self, base: str) -> list[str]:
+        import open_clip
+
         return list(open_clip.list_pretrained_tags_by_model(base))
 
     def base_name(self, arch: str) -> str:
@@ -84,12 +92,14 @@ def _parse_args(spec: ModelSpec) -> tuple[str, dict[str, Any], str]:
     """(architecture, open_clip.create_model kwargs + head, template set name)."""
     args = dict(spec.args)
     templates = args.pop("templates", "openai")
-    if templates not in TEMPLATES:
-        raise KtError(f"model {spec.slug!r}: args.templates must be one of {sorted(TEMPLATES)}.")
+    if templates not in TEMPLATE_SETS:
+        raise KtError(f"model {spec.slug!r}: args.templates must be one of {sorted(TEMPLATE_SETS)}.")
     return spec.arch.partition("/")[0], args, templates
 
 
 def _load_clip(spec: ModelSpec, name: str, args: dict[str, Any]) -> nn.Module:
+    import open_clip
+
     tag = spec.arch.partition("/")[2]
     pretrained = spec.weights or (tag if spec.pretrained and tag else None)
     try:
@@ -102,6 +112,8 @@ def _load_clip(spec: ModelSpec, name: str, args: dict[str, Any]) -> nn.Module:
 def readable_classes(spec: ModelSpec, classes: list[str] | None) -> list[str]:
     """Class names for the prompts: the dataset's, open_clip's ImageNet names for ImageNet's synset
     folders (in timm's order), and an error for other folder ids, which make meaningless prompts."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
     if not classes:
         return list(IMAGENET_CLASSNAMES)
     if not all(SYNSET.fullmatch(c) for c in classes):
@@ -120,17 +132,19 @@ def readable_classes(spec: ModelSpec, classes: list[str] | None) -> list[str]:
 def build_head(clip: nn.Module, name: str, classnames: list[str], templates: str,
                device: torch.device) -> torch.Tensor:
     """(C, D) zero-shot weights, logit scale folded in: the text tower over classes x templates."""
+    import open_clip
+
     clip = clip.to(device).eval()
     with torch.no_grad():
         weights = open_clip.build_zero_shot_classifier(
-            clip, tokenizer=open_clip.get_tokenizer(name), classnames=classnames, templates=TEMPLATES[templates],
+            clip, tokenizer=open_clip.get_tokenizer(name), classnames=classnames, templates=prompt_templates(templates),
             num_classes_per_batch=10, device=device, use_tqdm=False)  # (D, C)
         return (clip.logit_scale.exp() * weights.T).float().cpu()
 
 
 def head_attrs(spec: ModelSpec, classnames: list[str], templates: str) -> dict[str, Any]:
     """What a head is built from; a stored head whose attrs differ is refused."""
-    prompts = [t("{}") for t in TEMPLATES[templates]]
+    prompts = [t("{}") for t in prompt_templates(templates)]
     return {"kind": "zero_shot_head", "model_id": spec.id,
             "weights_origin": weights_origin(spec, f"open_clip/{spec.arch}"),
             "classes_digest": _digest(classnames), "templates": templates, "templates_digest": _digest(prompts)}

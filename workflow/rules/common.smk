@@ -19,7 +19,7 @@ from kt.config import validate as validate_config
 from kt.data import DatasetInfo, load_split, open_dataset
 from kt.errors import KtError
 from kt.multi import RUN_MODES, SOUP
-from kt.plugins.open_clip_source import TEMPLATES
+from kt.plugins.open_clip_source import prompt_templates
 from kt.registry import get_registry
 from kt.select import fixed_pairs, top_teachers
 from kt.metrics import CONTROL, NO_TEACHER
@@ -316,7 +316,7 @@ def class_count():
 
 def head_seconds(wildcards):
     """The text tower over classes x templates, as fast as the image tower (a stand-in)."""
-    prompts = class_count() * len(TEMPLATES[HEAD_SPECS[wildcards.model].args.get("templates", "openai")])
+    prompts = class_count() * len(prompt_templates(HEAD_SPECS[wildcards.model].args.get("templates", "openai")))
     return kt_resources.forward_seconds([model_cost(wildcards.model)], prompts)
 
 
