@@ -260,8 +260,10 @@ def plot_multi_teacher(groups: pl.DataFrame, out_png: str | Path) -> Path:
         has = np.isfinite(delta)
         if has.any():
             ax.bar(x[has] + m * width, delta[has], width, color=f"C{m - 1}", label=mode)
-    ax.set_xticks(x + width * len(modes) / 2,
-                  (groups["teacher"] + " → " + groups["student"]).to_list(), fontsize=8)
+    labels = groups["teacher"] + " → " + groups["student"]
+    if "seed" in groups.columns and groups["seed"].n_unique() > 1:  # replicates: say which bar is which
+        labels = labels + ", seed " + groups["seed"].cast(pl.String)
+    ax.set_xticks(x + width * len(modes) / 2, labels.to_list(), fontsize=8)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("transfer delta Δ (points)")
     ax.set_title("Multi-teacher transfer vs single teachers")

@@ -300,7 +300,11 @@ def overview(table: pl.DataFrame) -> pl.DataFrame:
 
 def write_summary(table: pl.DataFrame, out_parquet: str | Path, out_csv: str | Path,
                   out_overview: str | Path | None = None) -> None:
+    """The summary as parquet (full precision) and CSV (4 decimals, p-values in 3 significant
+    digits: a fixed 4 decimals would print a p of 2e-37 as 0)."""
     write_table(table, out_parquet)
-    write_table(table, out_csv, float_precision=4)
+    p_values = [c for c in table.columns if c.endswith("_p")]
+    write_table(table.with_columns(pl.col(p_values).map_elements(lambda p: f"{p:.3g}", return_dtype=pl.String)),
+                out_csv, float_precision=4)
     if out_overview:
         write_table(overview(table), out_overview)

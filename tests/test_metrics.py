@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from kt.errors import KtError
-from kt.metrics import overview, run_metrics, summarize, top_classes
+from kt.metrics import overview, run_metrics, summarize, top_classes, write_summary
 from kt.stats import spearman
 
 # Ten evaluation samples of three classes.
@@ -161,3 +161,14 @@ def test_aggregates_carry_reproducible_bootstrap_intervals_and_the_forecast_with
     text = overview(summarize(files, pairs)).row(0, named=True)
     assert text["mean Δ [95 % CI]"] == (f"+0.50 [{row['mean_delta_ci_low']:+.2f}, {row['mean_delta_ci_high']:+.2f}]")
     assert text["forecast ρ [95 % CI]"].startswith("+0.94 [")
+
+
+def test_the_summary_csv_keeps_tiny_p_values(tmp_path: Path) -> None:
+    """4 decimals suit deltas; a p of 2.3e-37 must not print as 0 (nor a missing p as anything)."""
+    table = pl.DataFrame({"scope": ["run"] * 3, "delta": [3.31234, 0.2, None],
+                          "mcnemar_p": [2.3275e-37, 0.36172, None]})
+    write_summary(table, tmp_path / "s.parquet", tmp_path / "s.csv")
+    back = pl.read_csv(tmp_path / "s.csv")
+    assert back["delta"].to_list() == [3.3123, 0.2, None]
+    assert back["mcnemar_p"].to_list() == [2.33e-37, 0.362, None]
+    assert pl.read_parquet(tmp_path / "s.parquet").equals(table)
