@@ -76,6 +76,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import machine  # benchmarks/machine.py: scripts run with benchmarks/ on sys.path
 from PIL import Image
 
 from kt.artifacts import read_logits
@@ -213,18 +214,6 @@ def profile_kt(spec: ModelSpec, dataset: dict[str, Any], out: Path, batch_size: 
     stats.sort_stats("cumulative").print_stats(top)
     stats.sort_stats("tottime").print_stats(top)
     return buf.getvalue()
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return cpu
 
 
 JPEG_MODELS: list[dict[str, Any]] = [{"id": "timm:resnet18", "pretrained": False}]  # 224 px, timm's eval preprocessing

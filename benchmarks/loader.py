@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine  # benchmarks/machine.py: scripts run with benchmarks/ on sys.path
 from PIL import Image
 
 from kt.data import Loader, decode, load_split
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--large", action="store_true", help="also (a) on 1600x1200 JPEGs (64 of them)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(f"machine: {machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         dataset = make_folder(Path(tmp) / "jpegs", max(args.images, 4 * args.rss_images))
         train = load_split(dataset, "train")

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import machine  # benchmarks/machine.py: scripts run with benchmarks/ on sys.path
 
 import kt
 import kt.transfer
@@ -72,13 +73,6 @@ from kt.transfer import TransferSettings, build_cache, transfer
 PREP = {"size": 28, "crop_pct": 1.0}
 STUDENT = {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "stem_width": 16, "stem_type": "deep"}
 TEACHER = {"layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256], "stem_width": 32, "stem_type": "deep"}
-
-
-def machine() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def saved_spec(name: str, args: dict[str, Any], seed: int, folder: Path) -> ModelSpec:

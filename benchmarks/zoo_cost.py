@@ -4,7 +4,7 @@ The default run's 15-minute budget is set by the zoo's training and by its stude
 proportional to a model's training cost per image. This prints, for every model of ``config.yaml``'s
 zoo (built through kt's own model sources, random weights) plus ``--extra`` candidates, the train
 step (forward, backward, SGD) and the inference forward in ms an image at batch 128, and the ratio
-against ``resnet_a`` measured in the same run.
+against the zoo's first model (``resnet_a``) measured in the same run.
 
 Usage::
 
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 import yaml
+from machine import machine  # benchmarks/machine.py: scripts run with benchmarks/ on sys.path
 
 from kt.models import ModelSpec, create_model
 
@@ -58,9 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     entries = yaml.safe_load((REPO / "config.yaml").read_text())["zoo"]["models"] + [json.loads(e) for e in args.extra]
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
+    print(f"{machine()}, torch {torch.__version__}, {args.threads} thread(s), "
           f"batch {BATCH}, 28 px")
-    print(f"{'model':<14}{'params':>10}{'train ms/img':>14}{'eval ms/img':>13}{'train vs resnet_a':>19}")
+    print(f"{'model':<14}{'params':>10}{'train ms/img':>14}{'eval ms/img':>13}{'train vs ' + entries[0]['name']:>19}")
     base = None
     for entry in entries:
         spec = ModelSpec(**{k: entry[k] for k in ("id", "name", "args") if k in entry}, num_classes=10,
