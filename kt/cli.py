@@ -113,6 +113,19 @@ def cmd_models(args: argparse.Namespace) -> None:
     print("\n".join(names))
 
 
+@command(arg("source", help="a state dict file of another implementation of the architecture"),
+         arg("out", help="where to write the renamed state dict (.pth)"),
+         arg("--model", required=True, help="model id whose keys to use, e.g. timm:tf_efficientnet_lite0"),
+         arg("--num-classes", type=int, default=None, help="the checkpoint's class count, when not the default"))
+def cmd_map_weights(args: argparse.Namespace) -> None:
+    """Rename a foreign checkpoint's tensors onto a model's keys by position (shapes checked) so that
+    it loads as the model's ``weights:`` file."""
+    from kt.checkpoints import map_weights_file
+
+    mapped = map_weights_file(args.source, args.model, args.out, args.num_classes)
+    print(f"kt: {len(mapped)} tensors mapped onto {args.model} -> {args.out}")
+
+
 @command(arg("files", nargs="+"), arg("--json", action="store_true", help="the full description as JSON"))
 def cmd_inspect(args: argparse.Namespace) -> None:
     """Print what an HDF5 artifact holds: datasets, attrs and recomputed top-1 (summary, or --json)."""
@@ -132,14 +145,16 @@ def cmd_inspect(args: argparse.Namespace) -> None:
          arg("--features", action="store_true", help="also store pooled features"),
          arg("--workers", type=_workers, default=EXTRACT["workers"],
              help="image decoding processes, or auto: the job's CPUs minus one for image folders"),
-         arg("--dtype", default=EXTRACT["dtype"], choices=["float32", "float16"], help="storage of logits/features"))
+         arg("--dtype", default=EXTRACT["dtype"], choices=["float32", "float16"], help="storage of logits/features"),
+         arg("--decode", default=default("decode"), choices=["reference", "fast"],
+             help="reference: each library's own eval transform (PIL); fast: draft JPEG decode, tensor resize"))
 def cmd_extract(args: argparse.Namespace) -> None:
     """Run one model over one split and write results/logits/{split}/{model}.h5."""
     from kt.extract import extract
 
     extract(_spec(args.model), args.dataset, args.split, args.out, batch_size=args.batch_size,
             device=args.device, features=args.features, workers=args.workers, dtype=args.dtype,
-            registry=_registry(args))
+            decode=args.decode, registry=_registry(args))
 
 
 @command(arg("--models", type=_json_arg, required=True, help='JSON {"name": spec, ...}'),
@@ -336,6 +351,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kt.allocator import steady
+
+    steady()  # CPU jobs at full speed: no per-batch mmap/munmap of activations (kt/allocator.py)
     args = parser().parse_args(argv)
     # scancel, a SLURM time limit and Snakemake's Ctrl-C send SIGTERM, which kills Python without
     # unwinding: make it SystemExit so atomic_path removes its .NAME.tmp-PID file.

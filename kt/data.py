@@ -22,7 +22,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from kt.augment import AUGMENTATIONS, BATCH_KINDS, FLIPPING, SAMPLE_KINDS, AugmentPlan, SampleAugment
 from kt.errors import KtError, closest
-from kt.preprocess import Preprocessing, resize_uint8
+from kt.preprocess import Preprocessing, ViewTransform, fast_view
 from kt.registry import REQUIRED, Registry, get_registry
 
 SPLITS = ("train", "eval")
@@ -59,6 +59,23 @@ class Split:
         smaller size whose sides are still at least this long)."""
         raise NotImplementedError
 
+    def load_pil(self, position: int) -> Any:
+        """One sample as an RGB PIL image, fully decoded, as the model libraries' own evaluation reads
+        it (``Image.open(...).convert("RGB")``): the input of a model's reference view. By default
+        the uint8 tensor of :meth:`load` as an image."""
+        from PIL import Image
+
+        return Image.fromarray(self.load(position).permute(1, 2, 0).contiguous().numpy())
+
+    def native_size(self) -> int | None:
+        """The side of every sample when all are square and of one size (then a model of that size
+        and crop 1 sees them unchanged), else None."""
+        return None
+
+    def has_samples(self) -> bool:
+        """Whether samples can be read one by one (:meth:`load` is implemented)."""
+        return type(self).load is not Split.load
+
     def batches(self, prep: Preprocessing, batch_size: int, positions: np.ndarray | None = None,
                 workers: int = 0, device: torch.device | None = None) -> Iterator[Batch]:
         """uint8 images resized/cropped as ``prep`` says, with labels and their positions.
@@ -81,6 +98,10 @@ class TensorSplit(Split):
     def load(self, position: int, short_side: int | None = None) -> torch.Tensor:
         return self.images[position].expand(3, -1, -1)
 
+    def native_size(self) -> int | None:
+        h, w = self.images.shape[-2:]
+        return int(h) if h == w else None
+
     def batches(self, prep: Preprocessing, batch_size: int, positions: np.ndarray | None = None,
                 workers: int = 0, device: torch.device | None = None) -> Iterator[Batch]:
         """Slices of the in-memory images; on a GPU ``device`` they travel at native size (for
@@ -93,7 +114,7 @@ class TensorSplit(Split):
             images = self.images[pos]
             if gpu:
                 images = images.pin_memory().to(device, non_blocking=True)
-            images = resize_uint8(images, prep.size, prep.crop_pct, prep.interpolation)
+            images = fast_view(images, prep)
             yield images.expand(-1, 3, -1, -1), labels[pos], pos  # resize grey once, then broadcast
 
 
@@ -120,6 +141,17 @@ def decode(path: Path, short_side: int | None = None) -> torch.Tensor:
         raise KtError(f"cannot decode image {path}: {e}. Remove or replace the file.") from None
 
 
+def decode_pil(path: Path) -> Any:
+    """An image file as an RGB PIL image, decoded as timm's and torchvision's datasets do."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f, Image.open(f) as image:
+            return image.convert("RGB")
+    except (OSError, RuntimeError) as e:
+        raise KtError(f"cannot decode image {path}: {e}. Remove or replace the file.") from None
+
+
 @dataclass
 class FileSplit(Split):
     """A split of image files (``ids`` are paths relative to ``root``), decoded by loader workers."""
@@ -133,30 +165,60 @@ class FileSplit(Split):
     def load(self, position: int, short_side: int | None = None) -> torch.Tensor:
         return decode(self.root / str(self.ids[position]), short_side)
 
+    def load_pil(self, position: int) -> Any:
+        return decode_pil(self.root / str(self.ids[position]))
+
     def batches(self, prep: Preprocessing, batch_size: int, positions: np.ndarray | None = None,
                 workers: int = 0, device: torch.device | None = None) -> Iterator[Batch]:
         """Decoded and resized by ``workers`` processes (files differ in size); on the CPU."""
         yield from Loader(self, prep, batch_size, workers).batches(positions)
 
 
+class Views:
+    """The uint8 views of one batch that models see, keyed by :attr:`kt.models.Classifier.view_key`:
+    each model's own reference view where the loader made one (un-augmented passes), the first
+    (the student's) for the others. Slicing slices every view."""
+
+    def __init__(self, views: dict[str, torch.Tensor]) -> None:
+        self.views = views
+        self.primary = next(iter(views.values()))
+
+    def get(self, key: str) -> torch.Tensor | None:
+        return self.views.get(key)
+
+    def __getitem__(self, part: slice) -> Views:
+        return Views({k: v[part] for k, v in self.views.items()})
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Views:
+        return Views({k: v.to(device, non_blocking=non_blocking) for k, v in self.views.items()})
+
+
 class _Samples(TorchDataset):
     """Key (position, pass seed) -> the sample's uint8 view at the model's size: decoded, then
-    augmented (sample kinds) or resized and centre-cropped. Runs in the loader's workers."""
+    augmented (sample kinds) or resized and cropped (the fast path), or, given ``transforms``, each
+    model's reference view of the fully decoded image. Runs in the loader's workers."""
 
-    def __init__(self, split: Split, prep: Preprocessing, kind: str) -> None:
-        self.split, self.prep, self.kind = split, prep, kind
+    def __init__(self, split: Split, prep: Preprocessing, kind: str,
+                 transforms: list[ViewTransform] | None = None) -> None:
+        self.split, self.prep, self.kind, self.transforms = split, prep, kind, transforms
         full = kind == "rrc_flip"  # a random crop needs the full resolution; the others the resize target
-        self.short_side = None if full else round(prep.size / prep.crop_pct)
+        self.short_side = None if full else prep.scale_size
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         position, seed = key
+        if self.transforms:
+            image = self.split.load_pil(position)
+            return tuple(transform(image) for transform in self.transforms)
         image = self.split.load(position, self.short_side)
         if self.kind in SAMPLE_KINDS:
             return SampleAugment(self.kind, seed)(image, position, self.prep)
-        return resize_uint8(image, self.prep.size, self.prep.crop_pct, self.prep.interpolation)
+        return fast_view(image, self.prep)
 
 
 class _PassSampler:
@@ -176,6 +238,10 @@ class Loader:
     """Augmented uint8 batches of one split at one model's size, pass after pass (epochs, cached
     views), from ``workers`` persistent, prefetching processes.
 
+    ``models``: the models whose reference views an un-augmented pass makes (the decode setting
+    ``reference``, :mod:`kt.preprocess`); batches are then :class:`Views`, one per distinct view, from
+    one decode of each image. A split already at every model's size is passed through unchanged.
+
     Image files and sample augmentations run per sample in the workers (through ``split.load``);
     other splits with a batch augmentation (in memory: the small-image default) take their own
     ``split.batches``, which for a tensor slices it and resizes on ``device``. Batch augmentations
@@ -183,30 +249,35 @@ class Loader:
     (:mod:`kt.augment`), so the number of workers never changes a result."""
 
     def __init__(self, split: Split, prep: Preprocessing, batch_size: int, workers: int = 0,
-                 augment: str = "none", device: torch.device | None = None) -> None:
+                 augment: str = "none", device: torch.device | None = None, models: list[Any] | None = None) -> None:
         if augment not in AUGMENTATIONS:
             raise KtError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}.")
         self.split, self.prep, self.batch_size, self.augment = split, prep, batch_size, augment
         self.device = device or torch.device("cpu")
         self.labels = torch.as_tensor(split.labels, dtype=torch.long)
-        self.per_sample = augment in SAMPLE_KINDS or split.decodes
-        if self.per_sample and type(split).load is Split.load:
+        self.views = reference_views(split, models) if augment == "none" else None
+        self.per_sample = augment in SAMPLE_KINDS or split.decodes or self.views is not None
+        if self.per_sample and not split.has_samples():
             raise KtError(f"augmentation {augment!r} works on single images, but {type(split).__name__} has no "
                           "load(position) (kt.data.Split.load); implement it in the dataset plugin or use a batch "
                           f"augmentation ({', '.join(BATCH_KINDS)}).")
         self.sampler = _PassSampler()
         self.loader = None
         if self.per_sample:
-            self.loader = DataLoader(_Samples(split, prep, augment), batch_sampler=self.sampler, num_workers=workers,
+            transforms = list(self.views.values()) if self.views else None
+            self.loader = DataLoader(_Samples(split, prep, augment, transforms), batch_sampler=self.sampler,
+                                     num_workers=workers,
                                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                                      pin_memory=self.device.type == "cuda")
 
     def batches(self, positions: np.ndarray | None = None, seed: int = 0) -> Iterator[Batch]:
         """One pass over ``positions`` (all, in order, by default) with pass seed ``seed``:
-        (uint8 images on the device, labels, positions)."""
+        (uint8 images on the device, or their :class:`Views`, labels, positions)."""
         order = np.arange(len(self.split)) if positions is None else np.asarray(positions)
         plan = AugmentPlan.make(self.augment, len(self.split), seed) if self.augment in BATCH_KINDS[1:] else None
         for images, pos in self._raw(order, seed):
+            if self.views:
+                images = Views(dict(zip(self.views, images, strict=True)))
             images = images.to(self.device, non_blocking=True)
             yield (plan.apply(images, pos) if plan else images), self.labels[pos], pos
 
@@ -219,6 +290,23 @@ class Loader:
         self.sampler.keys = [[(int(p), seed) for p in chunk] for chunk in chunks]
         for chunk, images in zip(chunks, self.loader, strict=True):
             yield images, torch.as_tensor(chunk)
+
+
+def reference_views(split: Split, models: list[Any] | None) -> dict[str, ViewTransform] | None:
+    """The distinct reference views of ``models`` (view key -> transform), or None where they are
+    not needed (no models, or a split whose samples every model takes as they are) or not possible
+    (a split without :meth:`Split.load`: its own ``batches`` resize on the fast path, with a warning)."""
+    if not models:
+        return None
+    native = split.native_size()
+    if all(m.preprocess.size == native and m.preprocess.crop_pct == 1.0 for m in models):
+        return None
+    if not split.has_samples():
+        warnings.warn(f"{type(split).__name__} has no load(position), so models see its own resized batches "
+                      "instead of their libraries' reference views; implement load() in the dataset plugin.",
+                      stacklevel=2)
+        return None
+    return {m.view_key: m.transform for m in models}
 
 
 class Dataset(Protocol):

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from kt.artifacts import LogitsWriter, atomic_path, logits_attrs, open_h5, set_attrs
-from kt.data import Split, load_split
+from kt.data import Loader, Split, Views, load_split
 from kt.device import BatchBackoff, autocast, pick_device
 from kt.errors import KtError
 from kt.models import Classifier, ModelSpec, create_model
@@ -23,7 +23,7 @@ from kt.schema import default, defaults
 
 log = logging.getLogger("kt")
 DEFAULTS = defaults("extract")
-DEVICE = default("device")
+DEVICE, DECODE = default("device"), default("decode")
 
 
 def prepare(model: Classifier, device: torch.device) -> Classifier:
@@ -33,9 +33,12 @@ def prepare(model: Classifier, device: torch.device) -> Classifier:
 
 
 def predict(model: Classifier, data: Split, batch_size: int, device: torch.device, features: bool = False,
-            workers: int = 0, backoff: BatchBackoff | None = None
+            workers: int = 0, backoff: BatchBackoff | None = None, decode: str = DECODE
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Yield (positions, logits, features or None) on the CPU for every batch of ``data``, in order.
+
+    ``decode``: ``reference`` shows the model its library's own evaluation view of each image,
+    ``fast`` the fast path's (:mod:`kt.preprocess`).
 
     ``model`` must already be on ``device`` (see :func:`prepare`); inference mode, AMP on GPUs and
     batch-size back-off on out-of-memory are handled here, once for every caller. On a GPU the
@@ -61,8 +64,10 @@ def predict(model: Classifier, data: Split, batch_size: int, device: torch.devic
 
     pending = None
     with torch.inference_mode():
-        for images, _labels, pos in data.batches(model.preprocess, batch_size, workers=workers, device=device):
-            parts = backoff(run, images)
+        loader = Loader(data, model.preprocess, batch_size, workers, device=device,
+                        models=[model] if decode == "reference" else None)
+        for images, _labels, pos in loader.batches():
+            parts = backoff(run, images.primary if isinstance(images, Views) else images)
             if pending is not None:
                 yield to_cpu(*pending)
             pending = (pos, parts)
@@ -83,7 +88,7 @@ def loader_workers(workers: int | str, data: Split) -> int:
 
 def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Path,
             batch_size: int = DEFAULTS["batch_size"], device: str = DEVICE, features: bool = DEFAULTS["features"],
-            workers: int | str = DEFAULTS["workers"], dtype: str = DEFAULTS["dtype"],
+            workers: int | str = DEFAULTS["workers"], dtype: str = DEFAULTS["dtype"], decode: str = DECODE,
             registry: Registry | None = None) -> dict[str, Any]:
     """Write ``out`` (atomically, streaming row chunks; logits and features stored as ``dtype``) and
     return its attrs."""
@@ -92,7 +97,8 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
     model = create_model(spec, data.classes, registry)
     if int(data.labels.max()) >= model.num_classes:
         raise KtError(f"dataset labels go up to {int(data.labels.max())} but model {spec.slug!r} "
-                      f"has {model.num_classes} classes; set num_classes or map the labels.")
+                      f"has {model.num_classes} classes; give the dataset the model's label space with "
+                      "dataset.classes_file (one class folder name per line, in the order of the model's outputs).")
     dev = pick_device(device)
     model = prepare(model, dev)
     backoff = BatchBackoff(batch_size)
@@ -100,7 +106,7 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
     with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
         writer = None
         bar = tqdm(total=len(data), desc=f"extract {spec.slug} [{split}]", unit="img", mininterval=2)
-        batches = predict(model, data, batch_size, dev, features, workers, backoff)
+        batches = predict(model, data, batch_size, dev, features, workers, backoff, decode)
         while True:
             t0 = time.perf_counter()
             item = next(batches, None)
@@ -119,7 +125,7 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
             writer.flush()
         attrs = logits_attrs(spec, model, data, dataset) | {
             "accuracy": 100.0 * correct / len(data), "images_per_s": len(data) / max(busy, 1e-9),
-            "device": str(dev), "batch_size": backoff.size, "workers": workers, "dtype": dtype}
+            "device": str(dev), "batch_size": backoff.size, "workers": workers, "dtype": dtype, "decode": decode}
         set_attrs(f, attrs)
     log.info("%s: top-1 %.2f %% on %d %s images, %.0f img/s -> %s",
              spec.slug, attrs["accuracy"], len(data), split, attrs["images_per_s"], out)

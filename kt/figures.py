@@ -209,23 +209,27 @@ FAMILY_MARKERS = {"cnn": "o", "transformer": "^", "mlp": "s"}
 
 
 def plot_by_student_size(runs: pl.DataFrame, colors: dict[str, str], out_png: str | Path) -> Path:
-    """What predicts transfer success (paper §4.5): per student and strategy, the success rate and
-    the mean share of positive flips transferred, against the student's parameter count; the
-    marker is the student's family (circle CNN, triangle transformer, square MLP)."""
+    """What predicts transfer success (paper §4.5): per student and strategy, the success rate, kt's
+    per-sample transferred share and (when the runs have it) the paper's class-level transfer rate,
+    each averaged over teachers, against the student's parameter count; the marker is the student's
+    family (circle CNN, triangle transformer, square MLP)."""
     paired = runs.filter(pl.col("teacher") != "none")  # the control has no teacher to transfer from
+    panels = {"success": "success rate over teachers (%)",
+              "transferred_share": "kt's per-sample transferred share\nof positive flips (%)"}
+    if "transfer_rate" in paired.columns:  # absent from per-run metrics written before kt computed it
+        panels["transfer_rate"] = "the paper's class-level transfer rate (%)"
     per = paired.group_by("strategy", "student", "student_params", "student_family", maintain_order=True).agg(
-        ((pl.col("delta") > 0).mean() * 100).alias("success"), pl.col("transferred_share").mean())
-    fig = Figure(figsize=(9, 3.6))
-    axes = fig.subplots(1, 2)
+        ((pl.col("delta") > 0).mean() * 100).alias("success"), *[pl.col(c).mean() for c in list(panels)[1:]])
+    fig = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")  # labels clear of the next panel
+    axes = fig.subplots(1, len(panels))
     marker = per["student_family"].cast(pl.String).replace_strict(FAMILY_MARKERS, default="x",
                                                                   return_dtype=pl.String).fill_null("x")
     for (strategy, mk), part in per.with_columns(marker=marker).partition_by(
             "strategy", "marker", as_dict=True, maintain_order=True).items():  # one call a colour and marker
-        for ax, key in zip(axes, ("success", "transferred_share"), strict=True):
+        for ax, key in zip(axes, panels, strict=True):
             ax.scatter(part["student_params"].to_numpy(), part[key].cast(pl.Float64).to_numpy(), color=colors[strategy],
                        marker=mk, s=30)
-    for ax, label in zip(axes, ("success rate over teachers (%)", "transferred share of positive flips (%)"),
-                         strict=True):
+    for ax, label in zip(axes, panels.values(), strict=True):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow range overlap
         ax.set_xlabel("student parameters")
@@ -233,7 +237,7 @@ def plot_by_student_size(runs: pl.DataFrame, colors: dict[str, str], out_png: st
     handles = [axes[0].scatter([], [], color=c, label=s) for s, c in colors.items() if s in set(per["strategy"])]
     handles += [axes[0].scatter([], [], color="grey", marker=m, label=f) for f, m in FAMILY_MARKERS.items()
                 if f in set(per["student_family"].drop_nulls())]
-    axes[1].legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    axes[-1].legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Transfer against student size and family")
     return save_figure(fig, out_png)
 

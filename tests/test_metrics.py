@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from kt.errors import KtError
-from kt.metrics import overview, run_metrics, summarize, top_classes, write_summary
+from kt.metrics import overview, run_metrics, summarize, top_classes, transfer_rate, write_summary
 from kt.stats import spearman
 
 # Ten evaluation samples of three classes.
@@ -44,6 +44,61 @@ def test_run_metrics_group_counts_a_sample_known_when_any_member_is_right() -> N
     alone = run_metrics(BEFORE, AFTER, OTHER, LABELS, 3)
     assert alone["pos_flips_before"] == 20    # samples 4 and 5
     assert alone["transferred_share"] == 50   # sample 4 right after, 5 not
+
+
+def paper_transfer_rate(preds: np.ndarray, zero_preds: np.ndarray, teach_preds: np.ndarray, true_y: np.ndarray,
+                        num_classes: int) -> float:
+    """The paper code's get_dist_improvement(...)["transfer_rate"] with its get_flips_per_class and
+    get_top_p_percent_classes (p = 100) inlined, as written there (its 1000 classes made ``num_classes``)."""
+    def flips_per_class(preds_a: np.ndarray, preds_b: np.ndarray) -> np.ndarray:
+        pos_flips = np.zeros((len(true_y), num_classes))
+        for i in range(len(true_y)):
+            pos_flips[i, true_y[i]] = preds_a[i] != true_y[i] and preds_b[i] == true_y[i]
+        return np.sum(pos_flips, axis=0)
+
+    pos_flips, dist_flips = flips_per_class(zero_preds, teach_preds), flips_per_class(zero_preds, preds)
+    sorted_classes = np.argsort(pos_flips)[::-1]
+    share, k_val = 0, 1
+    while share < 100:
+        share = np.sum(pos_flips[sorted_classes[:k_val]]) / np.sum(pos_flips) * 100
+        k_val += 1
+    return np.sum(dist_flips[sorted_classes[:k_val]]) / np.sum(pos_flips) * 100
+
+
+# Eight samples of three classes for the paper's class-level transfer rate.
+RATE_LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+RATE_BEFORE = np.array([1, 1, 2, 0, 1, 0, 0, 2])
+RATE_AFTER = np.array([0, 1, 0, 1, 1, 2, 2, 0])
+RATE_TEACHER = np.array([0, 0, 2, 0, 1, 2, 1, 2])
+
+
+def test_transfer_rate_is_the_papers_class_level_rate() -> None:
+    # teacher's positive flips: samples 0, 1 (class 0) and 5 (class 2) -> per class [2, 0, 1], 3 in all
+    # student's gains: samples 0, 2 (class 0), 3 (class 1), 5, 6 (class 2) -> per class [2, 1, 2]
+    m = run_metrics(RATE_BEFORE, RATE_AFTER, RATE_TEACHER, RATE_LABELS, 3)
+    assert m["transferred_share"] == pytest.approx(200 / 3)  # per sample: flips 0 and 5 right after, 1 not
+    # classes 0 and 2 hold every flip: gains 2 + 2 = 4 of 3 flips would be 133.3 %; the paper's code takes
+    # the minimal class count plus one, so class 1 (no flip, 1 gain) joins: (2 + 2 + 1) / 3 = 166.7 %
+    assert m["transfer_rate"] == pytest.approx(500 / 3)
+    assert m["transfer_rate"] == pytest.approx(paper_transfer_rate(RATE_AFTER, RATE_BEFORE, RATE_TEACHER,
+                                                                   RATE_LABELS, 3))
+    # the samples of test_run_metrics_single_teacher: flips [1, 2, 2] (every class), gains 2, 4, 8: 3 / 5
+    m = run_metrics(BEFORE, AFTER, TEACHER, LABELS, 3)
+    assert m["transfer_rate"] == 60 and m["transferred_share"] == 60
+    assert m["transfer_rate"] == pytest.approx(paper_transfer_rate(AFTER, BEFORE, TEACHER, LABELS, 3))
+    # a student right everywhere gains its 5 wrong samples, all of them flips of this teacher: 100 %
+    assert run_metrics(BEFORE, LABELS, TEACHER, LABELS, 3)["transfer_rate"] == 100
+    # no positive flip: undefined (the paper's code divides by 0), so absent from the metrics
+    assert "transfer_rate" not in run_metrics(BEFORE, AFTER, BEFORE, LABELS, 3)
+    assert transfer_rate(np.zeros(3, dtype=int), np.array([1, 0, 0])) is None
+
+
+def test_transfer_rate_extra_class_ties_go_to_the_highest_class_index() -> None:
+    # flips [2, 0, 1, 0]: classes 0 and 2, plus one of the flip-less classes 1 and 3 -> class 3
+    assert transfer_rate(np.array([2, 0, 1, 0]), np.array([2, 1, 2, 0])) == pytest.approx(400 / 3)
+    assert transfer_rate(np.array([2, 0, 1, 0]), np.array([2, 0, 2, 1])) == pytest.approx(500 / 3)
+    # every class has flips: no extra class to add
+    assert transfer_rate(np.array([1, 3, 1]), np.array([1, 2, 4])) == pytest.approx(700 / 5)
 
 
 def test_top_classes_and_spearman() -> None:
@@ -161,6 +216,26 @@ def test_aggregates_carry_reproducible_bootstrap_intervals_and_the_forecast_with
     text = overview(summarize(files, pairs)).row(0, named=True)
     assert text["mean Δ [95 % CI]"] == (f"+0.50 [{row['mean_delta_ci_low']:+.2f}, {row['mean_delta_ci_high']:+.2f}]")
     assert text["forecast ρ [95 % CI]"].startswith("+0.94 [")
+
+
+def test_both_transfer_shares_reach_the_summary_and_the_student_size_figure(tmp_path: Path) -> None:
+    from kt.figures import plot_summary
+
+    files = [run_file(tmp_path, "kl", "a", 0.5, transferred_share=40.0, transfer_rate=120.0),
+             run_file(tmp_path, "kl", "b", -0.5, transferred_share=20.0, transfer_rate=60.0),
+             run_file(tmp_path, "ce", "none", 0.1, transferred_share=0.0)]  # no flips: no transfer_rate
+    table = summarize(files)
+    runs = table.filter(pl.col("scope") == "run")
+    assert runs.select("teacher", "transferred_share", "transfer_rate").rows() == [
+        ("a", 40.0, 120.0), ("b", 20.0, 60.0), ("none", 0.0, None)]
+    write_summary(table, tmp_path / "s.parquet", tmp_path / "s.csv")
+    assert pl.read_csv(tmp_path / "s.csv")["transfer_rate"].to_list()[:3] == [120.0, 60.0, None]
+    assert tmp_path / "figures" / "by_student_size.png" in plot_summary(table, tmp_path / "figures")
+    # per-run files written before transfer_rate existed still draw (without its panel)
+    (tmp_path / "old").mkdir()
+    old = summarize([run_file(tmp_path / "old", "kl", "a", 0.5, transferred_share=40.0)])
+    assert "transfer_rate" not in old.columns
+    assert tmp_path / "old" / "by_student_size.png" in plot_summary(old, tmp_path / "old")
 
 
 def test_the_summary_csv_keeps_tiny_p_values(tmp_path: Path) -> None:

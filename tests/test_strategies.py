@@ -10,10 +10,13 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from kt.errors import KtError
 from kt.registry import Registry
 from kt.strategies import KL, KLDP, XEKL, XEKLMCL, Outputs, kl_div, most_confident
+from kt.transfer import TransferSettings
 
 # ---------------------------------------------------------------------------------------------- hand arithmetic
 
@@ -229,8 +232,125 @@ def test_kl_dp_unsup_ignores_labels() -> None:
 
 def test_xekl_mcl_defaults() -> None:
     s = XEKLMCL()
-    assert (s.alpha, s.tau, s.every, s.lr) == (0.68, 0.9999, 2, 1e-2)
+    assert (s.alpha, s.tau, s.k, s.every, s.lr) == (0.68, 0.9999, 100, None, None)  # every, lr: from the batch
     assert s.needs_teacher and not s.needs_initial
+    for bad in ({"k": 0}, {"every": 0}):
+        with pytest.raises(KtError, match="xekl_mcl needs k >= 1 and every >= 1"):
+            XEKLMCL(**bad)
+
+
+def paper_parse_cfg(batch_size: int, lr: float = 0.01, n: float = 2) -> tuple[float, float]:
+    """The paper's parse_cfg for its xekl_mcl config (optimizer.lr 0.01, loss.N 2), one device:
+    scale = batch / 256; lr * scale; N / scale (a float, not rounded)."""
+    scale = batch_size / 256
+    return lr * scale, n / scale
+
+
+@pytest.mark.parametrize(("batch", "every", "lr"), [(128, 4, 5e-3), (256, 2, 1e-2), (512, 1, 2e-2),
+                                                      (1024, 1, 4e-2)])
+def test_xekl_mcl_scales_interval_and_lr_with_the_batch_as_the_paper(batch: int, every: int, lr: float) -> None:
+    s = XEKLMCL()
+    s.configure(batch)
+    assert s.every == every and s.lr == pytest.approx(lr, rel=1e-12)
+    paper_lr, paper_n = paper_parse_cfg(batch)
+    assert s.lr == pytest.approx(paper_lr, rel=1e-12)
+    # the same spacing as the paper's j % N == 0 (j: steps from 0 in the epoch); at 1024 its N = 0.5 fires every step
+    assert [j for j in range(8) if j % paper_n == 0] == list(range(0, 8, every))
+    # through the loop's entry point, which hands the strategy the (possibly searched) batch size
+    fresh = XEKLMCL()
+    assert TransferSettings(batch_size=batch, lr=0.5).learning_rate(fresh) == pytest.approx(lr, rel=1e-12)
+    assert fresh.every == every
+    # an option set in the config wins over the scaled default
+    own = XEKLMCL(every=3, lr=0.1)
+    own.configure(batch)
+    assert (own.every, own.lr) == (3, 0.1)
+
+
+def paper_xekl_mcl_step(out_s: torch.Tensor, out_t: torch.Tensor, labels: torch.Tensor, k: int,
+                        kd_t: float = 1.0, alpha: float = 0.68) -> torch.Tensor:
+    """One step of the paper's xe_kl_distill for loss xekl_mcl (on_flip: pos/neut distill, neg nothing),
+    written with the torch ops of its code (the top-k gather, get_flip_masks, DistillKL), except that the
+    cross-entropy is on logits as in kt (the paper passes softmax(out_s) to CrossEntropyLoss)."""
+    _, top_k_idx = torch.topk(out_t, k)
+    topk_out_s = torch.empty((len(out_s), k))
+    topk_out_t = torch.empty((len(out_s), k))
+    for i, index in enumerate(top_k_idx):  # the teacher's top-k indices, applied to both models
+        topk_out_s[i] = torch.index_select(out_s[i], 0, index)
+        topk_out_t[i] = torch.index_select(out_t[i], 0, index)
+    _, s_preds = torch.max(out_s, 1)
+    _, t_preds = torch.max(out_t, 1)
+    neg_mask = torch.logical_and(torch.ne(t_preds, labels), torch.eq(s_preds, labels))
+    y_s, y_t = topk_out_s[torch.logical_not(neg_mask)], topk_out_t[torch.logical_not(neg_mask)]
+    p_s = F.log_softmax(y_s / kd_t, dim=1)
+    p_t = F.softmax(y_t / kd_t, dim=1)
+    kl_loss = F.kl_div(p_s, p_t, reduction="sum") * (kd_t**2) / y_s.shape[0]  # mean over the kept samples
+    if torch.isnan(kl_loss):  # no kept sample: 0 / 0
+        kl_loss = torch.zeros(1)
+    xe_loss = torch.nn.CrossEntropyLoss()(out_s, labels)
+    return alpha * kl_loss + (1 - alpha) * xe_loss
+
+
+LN2 = math.log(2)
+# Batch 4, 5 classes, k = 3. Rows 0 and 3: the teacher's top-3 logits give p = (1/2, 1/4, 1/4), the student's
+# logits there are equal (q uniform), so KL = 1/2 ln(3/2) + 2 * 1/4 ln(3/4) = 1/2 ln(9/8); their student's
+# largest logit lies outside the top 3 and never enters the KL. Row 2: the student's top-3 logits are the
+# teacher's + 1, so KL = 0. Row 1 is a negative flip (student right, teacher wrong): skipped.
+MCL_LABELS = [0, 1, 3, 2]
+MCL_STUDENT = [[0.0, 0.0, 0.0, 3.0, -1.0],   # wrong (3)  -> with the teacher right: positive flip, kept
+               [0.0, 4.0, 0.0, 0.0, 0.0],    # right (1)
+               [5.0, 3.0, 1.0, 2.0, 0.0],    # wrong (0)
+               [1.0, 7.0, 1.0, 0.0, 1.0]]    # wrong (1)
+MCL_TEACHER = [[LN2, 0.0, 0.0, -5.0, -5.0],  # right (0), top 3: classes 0, 1, 2
+               [3.0, 0.0, 1.0, 2.0, -1.0],   # wrong (0) -> row 1 is a negative flip
+               [-1.0, 2.0, 0.0, 1.0, -3.0],  # wrong (1), top 3: classes 1, 3, 2 -> both wrong, kept
+               [0.0, -2.0, LN2, -3.0, 0.0]]  # right (2), top 3: classes 2, 0, 4
+
+
+def test_xekl_mcl_reproduces_one_step_of_the_paper_code() -> None:
+    student, teacher, labels = t(MCL_STUDENT), t(MCL_TEACHER), torch.tensor(MCL_LABELS)
+    out = Outputs(student=student, teacher=teacher, labels=labels)
+    loss = XEKLMCL(k=3).loss(out)
+    ce = sum(xent(MCL_STUDENT[i], MCL_LABELS[i]) for i in range(4)) / 4
+    kl_kept = (0.5 * math.log(9 / 8) + 0.0 + 0.5 * math.log(9 / 8)) / 3  # ln(9/8) / 3 = 0.0392610, 3 kept rows
+    assert kl_kept == pytest.approx(0.0392610, abs=1e-7)
+    assert close(loss, 0.68 * kl_kept + 0.32 * ce)
+    assert close(loss, float(paper_xekl_mcl_step(student, teacher, labels, k=3)))
+    # averaged over the kept samples, not the batch of 4
+    assert not close(loss, 0.68 * math.log(9 / 8) / 4 + 0.32 * ce, rel=1e-3)
+    # the KL over all 5 classes differs: the student's large logits outside the top 3 count there
+    assert not close(XEKLMCL(k=5).loss(out), float(loss), rel=1e-3)
+    # the paper's double softmax (CE on probabilities) is a different number; kt keeps CE on logits
+    ce_on_probs = sum(xent(softmax(MCL_STUDENT[i]), MCL_LABELS[i]) for i in range(4)) / 4
+    assert not close(loss, 0.68 * kl_kept + 0.32 * ce_on_probs, rel=1e-3)
+    # at T = 2 both agree too (T^2 times the KL of the softened top-3 distributions)
+    assert close(XEKLMCL(k=3, temperature=2.0).loss(out),
+                 float(paper_xekl_mcl_step(student, teacher, labels, 3, 2.0)))
+
+
+def test_xekl_mcl_clips_k_to_the_class_count() -> None:
+    student, teacher, labels = t(MCL_STUDENT), t(MCL_TEACHER), torch.tensor(MCL_LABELS)
+    out = Outputs(student=student, teacher=teacher, labels=labels)
+    with pytest.raises(RuntimeError):
+        torch.topk(teacher, 100)  # the paper's code would stop here; kt clips k
+    default = XEKLMCL().loss(out)  # k = 100 > 5 classes: all 5
+    assert torch.equal(default, XEKLMCL(k=5).loss(out))
+    assert close(default, float(paper_xekl_mcl_step(student, teacher, labels, k=5)))
+    kept = [0, 2, 3]
+    full_kl = sum(kl(MCL_TEACHER[i], MCL_STUDENT[i]) for i in kept) / 3
+    assert close(default, 0.68 * full_kl + 0.32 * sum(xent(MCL_STUDENT[i], MCL_LABELS[i]) for i in range(4)) / 4)
+
+
+def test_xekl_mcl_batch_without_kept_samples_is_cross_entropy_alone() -> None:
+    # every row a negative flip: the student right, the teacher wrong; the paper's 0 / 0 KL becomes 0
+    labels = [0, 1]
+    student = t([[2.0, 0.0, 0.0], [0.0, 1.0, 0.5]]).requires_grad_()
+    teacher = t([[0.0, 3.0, 0.0], [2.0, 0.0, 1.0]])
+    loss = XEKLMCL(k=2).loss(Outputs(student=student, teacher=teacher, labels=torch.tensor(labels)))
+    ce = (xent([2.0, 0.0, 0.0], 0) + xent([0.0, 1.0, 0.5], 1)) / 2
+    assert close(loss.detach(), 0.32 * ce)
+    assert close(loss.detach(), float(paper_xekl_mcl_step(student.detach(), teacher, torch.tensor(labels), k=2)))
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
 
 
 def test_xekl_mcl_skips_kl_exactly_on_negative_flips() -> None:
@@ -246,9 +366,9 @@ def test_xekl_mcl_skips_kl_exactly_on_negative_flips() -> None:
     negative = [int(np.argmax(s)) == y and int(np.argmax(tt)) != y
                 for s, tt, y in zip(student, teacher, labels, strict=True)]
     assert negative == [True, False, False, False]
-    strategy = XEKLMCL()
+    strategy = XEKLMCL()  # k = 100, clipped to the 3 classes: the KL over all of them
     loss = strategy.loss(Outputs(student=t(student), teacher=t(teacher), labels=torch.tensor(labels)))
-    kl_kept = sum(kl(teacher[i], student[i]) for i in range(4) if not negative[i]) / 4  # mean over the batch
+    kl_kept = sum(kl(teacher[i], student[i]) for i in range(4) if not negative[i]) / 3  # mean over the 3 kept
     ce = sum(xent(student[i], labels[i]) for i in range(4)) / 4
     assert close(loss, 0.68 * kl_kept + 0.32 * ce)
 
@@ -330,6 +450,7 @@ def test_xekl_mcl_default_tau_moves_slowly() -> None:
     net = TinyNet()
     net.set([1.0, 1.0], 0.0, 0.0, 0)
     s = XEKLMCL()
+    s.configure(256)  # every 2 steps
     s.setup(net)
     net.set([2.0, 1.0], 0.0, 0.0, 0)
     s.after_step(net, 2)

@@ -383,8 +383,9 @@ def test_learning_rate_defaults() -> None:
     assert TransferSettings().learning_rate(KLDP()) == 1e-4 * 128 / 256
     assert TransferSettings(batch_size=64).learning_rate(KL()) == 1e-4 * 64 / 256
     assert TransferSettings(lr=0.01).learning_rate(XEKL()) == 0.01
-    assert TransferSettings().learning_rate(XEKLMCL()) == 1e-2  # the baseline's own base lr wins
-    assert TransferSettings(lr=0.5).learning_rate(XEKLMCL()) == 1e-2
+    assert TransferSettings().learning_rate(XEKLMCL()) == 1e-2 * 128 / 256  # the baseline's own lr wins
+    assert TransferSettings(lr=0.5, batch_size=512).learning_rate(XEKLMCL()) == 1e-2 * 512 / 256  # scaled
+    assert TransferSettings(lr=0.5).learning_rate(XEKLMCL(lr=3e-2)) == 3e-2  # its option, as configured
     assert TransferSettings().learning_rate(KLDP(lr=3e-3)) == 3e-3
 
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import gzip
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from kt.artifacts import atomic_path
 from kt.data import FileSplit, Split, TensorSplit
 from kt.errors import KtError
 
+log = logging.getLogger("kt")
+SYNSET = re.compile(r"n\d{8}")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -118,7 +122,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 class ImageFolder:
     """``root/train/<class>/*.jpg`` (the transfer set) and ``root/val/<class>/*.jpg`` (evaluation).
     Class order comes from ``classes_file`` (one folder name per line, optionally a tab and a readable
-    name) or from the sorted folder names of the train split."""
+    name); else, when every train folder is an ImageNet-1k synset (``n01440764``, ...), it is ImageNet's
+    1000 classes in their standard order, present or not, so that ImageNet models' outputs are the
+    labels (an ImageNet subset needs no ceremony); else the sorted folder names of the train split."""
 
     root: str
     train: str = "train"
@@ -143,6 +149,8 @@ class ImageFolder:
             if not train.is_dir():
                 raise KtError(f"dataset folder {train} does not exist; create it or set dataset.train.")
             self.folders = _class_folders(train)
+            if self.folders and all(SYNSET.fullmatch(f) for f in self.folders):
+                self.folders = imagenet_synsets(self.folders, train)
             self.classes = list(self.folders)
         if not self.folders:
             raise KtError(f"no class folders in {root / self.train}; expected {root / self.train}/<class>/*.jpg.")
@@ -163,6 +171,20 @@ class ImageFolder:
                     ids.append(str(path.relative_to(folder)))
                     labels.append(label)
         return FileSplit(name, np.array(ids), np.array(labels, dtype=np.int64), list(self.classes), root=folder)
+
+
+def imagenet_synsets(folders: list[str], train: Path) -> list[str]:
+    """ImageNet-1k's 1000 synsets in their standard order when ``folders`` are all among them (said in
+    the log), else ``folders`` as they are."""
+    from timm.data import ImageNetInfo  # only for synset folders: timm takes seconds to import
+
+    synsets = ImageNetInfo().label_names()
+    if not set(folders) <= set(synsets):
+        return folders
+    log.info("dataset: the %d class folders of %s are ImageNet-1k synsets, so labels are ImageNet-1k's 1000 "
+             "classes in their standard order (set dataset.classes_file to use these folders alone)", len(folders),
+             train)
+    return list(synsets)
 
 
 @kt.hookimpl

@@ -28,7 +28,7 @@ import kt
 from kt.artifacts import atomic_path, open_h5, set_attrs
 from kt.errors import KtError
 from kt.models import Classifier, ModelSource, ModelSpec, weights_origin
-from kt.preprocess import Preprocessing
+from kt.preprocess import Preprocessing, uint8_transform
 
 TEMPLATE_SETS = {"openai": "OPENAI_IMAGENET_TEMPLATES", "simple": "SIMPLE_IMAGENET_TEMPLATES"}
 HEAD_ARG = "head"  # args key: a stored zero-shot head (kt zero-shot-head) instead of building one
@@ -80,12 +80,25 @@ class OpenClipSource(ModelSource):
         head = nn.Linear(weights.shape[1], weights.shape[0], bias=False)
         with torch.no_grad():
             head.weight.copy_(weights)
-        cfg = clip.visual.preprocess_cfg
-        size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][-1]
-        prep = Preprocessing(size=int(size), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                             interpolation=cfg.get("interpolation", "bicubic"), crop_pct=1.0)
+        prep, transform = clip_preprocessing(clip)
         return Classifier(ZeroShotBody(clip, head), head, prep.updated(spec.preprocess), len(classnames),
-                          spec, weights_origin(spec, f"open_clip/{spec.arch}"), classnames)
+                          spec, weights_origin(spec, f"open_clip/{spec.arch}"), classnames, transform)
+
+
+RESIZE_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}  # open_clip's -> timm's crop modes
+
+
+def clip_preprocessing(clip: nn.Module) -> tuple[Preprocessing, Any]:
+    """The model's preprocessing and open_clip's own eval transform for it (``image_transform_v2``,
+    as ``create_model_and_transforms`` builds it), without its tensor conversion."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = clip.visual.preprocess_cfg
+    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][-1]
+    prep = Preprocessing(size=int(size), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                         interpolation=cfg.get("interpolation", "bicubic"), crop_pct=1.0,
+                         crop_mode=RESIZE_MODES.get(cfg.get("resize_mode", "shortest"), "center"))
+    return prep, uint8_transform(image_transform_v2(PreprocessCfg(**cfg), is_train=False))
 
 
 def _parse_args(spec: ModelSpec) -> tuple[str, dict[str, Any], str]:

@@ -52,7 +52,8 @@ class TimmSource(ModelSource):
                           "file when offline.") from None
         cfg = timm.data.resolve_data_config({}, model=model)
         prep = Preprocessing(size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                             interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]))
+                             interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]),
+                             crop_mode=cfg.get("crop_mode") or "center")  # its transform: kt's default, timm's
         return Classifier(model, model.get_classifier(), prep.updated(spec.preprocess), model.num_classes,
                           spec, weights_origin(spec, f"timm/{spec.arch}") if pretrained else "random init", classes)
 

@@ -3,6 +3,9 @@ state dict file (``weights:``), the tag then only supplies preprocessing and cla
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torchvision.models as tvm
 from torch import nn
@@ -20,6 +23,15 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     return sd
+
+
+def weights_transform(t: nn.Module) -> Callable[[Any], torch.Tensor]:
+    """``weights.transforms()`` (``ImageClassification``: resize, centre crop, to float, normalise) up to
+    its float conversion: the same resize and crop on a PIL image, uint8 out."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(t.resize_size, interpolation=t.interpolation, antialias=t.antialias),
+                      T.CenterCrop(t.crop_size), T.PILToTensor()])
 
 
 class TorchvisionSource(ModelSource):
@@ -46,12 +58,13 @@ class TorchvisionSource(ModelSource):
             except RuntimeError as e:
                 raise KtError(f"model {spec.slug!r}: weight file {spec.weights} does not fit "
                               f"torchvision {name} (check num_classes/args): {str(e)[:400]}") from None
-        prep = Preprocessing(crop_pct=0.875)
+        prep, transform = Preprocessing(crop_pct=0.875), None
         if weights_enum is not None:
             t = weights_enum.transforms()
             prep = Preprocessing(size=int(t.crop_size[0]), mean=tuple(t.mean), std=tuple(t.std),
                                  interpolation=t.interpolation.value,
                                  crop_pct=float(t.crop_size[0]) / float(t.resize_size[0]))
+            transform = weights_transform(t)
             classes = classes or weights_enum.meta.get("categories")
         linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if not linear:
@@ -60,7 +73,7 @@ class TorchvisionSource(ModelSource):
                           "model with a linear head, or register a model source that wraps this one.")
         head = linear[-1]
         return Classifier(model, head, prep.updated(spec.preprocess), head.out_features, spec,
-                          weights_origin(spec, f"torchvision/{spec.arch}"), classes)
+                          weights_origin(spec, f"torchvision/{spec.arch}"), classes, transform)
 
 
 @kt.hookimpl

@@ -162,7 +162,8 @@ def settings_for(strategy=None):
     def param(wildcards):
         name = strategy or getattr(wildcards, "strategy", None)
         settings = {k: config["transfer"][k] for k in SETTINGS_KEYS}
-        settings |= {"seed": seed_of(wildcards), "device": config["device"], "options": OPTIONS.get(name, {})}
+        settings |= {"seed": seed_of(wildcards), "device": config["device"], "decode": config["decode"],
+                     "eval_batch_size": config["extract"]["batch_size"], "options": OPTIONS.get(name, {})}
         return as_arg(settings)
 
     return param
@@ -330,10 +331,11 @@ def split_size(split):
         return 50_000
 
 
-MODEL_SIZES = f"{RESULTS}/model_sizes.json"  # written by model_sizes (pretrained models built on the meta device)
-# Hub models only: a local checkpoint's size tells its parameters (zoo models, weight files), and
-# open_clip models are not built on the meta device (their head needs the text tower).
-SIZED = [m for m, spec in MODELS.items() if not spec.weights and m not in HEADS]
+MODEL_SIZES = f"{RESULTS}/model_sizes.json"  # written by model_sizes (models built and run on the meta device)
+# Configured models, hub or weight file: their parameters and activation bytes size CPU jobs' memory.
+# Not the zoo (28-px models trained here: a checkpoint's size tells their parameters, activations are
+# small) nor open_clip models (not built on the meta device: their head needs the text tower).
+SIZED = [m for m in MODELS if m not in HEADS and m not in ZOO]
 
 
 def model_cost(model):
@@ -341,16 +343,16 @@ def model_cost(model):
     its checkpoint's size (zoo models, weight files) or model_sizes.json (hub models)."""
     spec = MODELS[model]
     size = (spec.preprocess or {}).get("size", 224)
-    logits = f"{RESULTS}/logits/eval/{model}.h5"
-    if os.path.isfile(logits):
-        return measured_cost(logits, size)
-    speed = config["resources"]["images_per_s"]
-    if spec.weights and os.path.isfile(spec.weights):
-        return kt_resources.ModelCost(os.path.getsize(spec.weights) // 4, speed, size)
     sized = known_sizes(os.path.getmtime(MODEL_SIZES) if os.path.isfile(MODEL_SIZES) else None).get(model)
-    if sized:
-        return kt_resources.ModelCost(sized["params"], speed, sized["size"])
-    return kt_resources.ModelCost(kt_resources.UNKNOWN_PARAMS, speed, size)
+    logits = f"{RESULTS}/logits/eval/{model}.h5"
+    speed = config["resources"]["images_per_s"]
+    if os.path.isfile(logits):
+        cost = measured_cost(logits, size)
+    elif spec.weights and os.path.isfile(spec.weights):
+        cost = kt_resources.ModelCost(os.path.getsize(spec.weights) // 4, speed, size)
+    else:
+        cost = kt_resources.ModelCost(kt_resources.UNKNOWN_PARAMS, speed, size)
+    return cost.with_sizes(sized)
 
 
 @functools.cache
@@ -390,6 +392,10 @@ def runtime_of(seconds):
     return minutes
 
 
+# Activations count in a job's host memory unless it runs on a GPU (device: cuda); auto may mean a CPU.
+ON_CPU = not config["device"].startswith("cuda")
+
+
 def memory_of(students, frozen, section):
     """Resource function: MB for a job training ``students(wildcards)`` beside ``frozen(wildcards)``,
     with the batch and loader workers (threads - 1) of config ``section`` (transfer or extract)."""
@@ -398,7 +404,8 @@ def memory_of(students, frozen, section):
     def mb(wildcards, attempt):
         return kt_resources.memory_mb(students=[model_cost(m) for m in students(wildcards)],
                                       frozen=[model_cost(m) for m in frozen(wildcards)],
-                                      batch=config[section]["batch_size"], workers=workers, attempt=attempt)
+                                      batch=config[section]["batch_size"], workers=workers, attempt=attempt,
+                                      eval_batch=config["extract"]["batch_size"], cpu=ON_CPU)
 
     return mb
 

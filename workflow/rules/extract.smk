@@ -16,6 +16,7 @@ rule extract:
         dtype=config["extract"]["dtype"],
         features="--features" if config["extract"]["features"] else "",
         device=config["device"],
+        decode=config["decode"],
     log:
         f"{RESULTS}/logs/extract/{{split}}/{{model}}.log",
     benchmark:
@@ -32,7 +33,10 @@ rule extract:
         "{params.kt} --threads {threads} extract --model {params.model} "
         "--dataset {params.dataset} --split {wildcards.split} --batch-size {params.batch_size} "
         "--workers {params.workers} --dtype {params.dtype} --device {params.device} {params.features} "
-        "--out {output.logits} > {log} 2>&1"
+        "--decode {params.decode} --out {output.logits} > {log} 2>&1"
+
+
+localrules: model_sizes  # meta-device models: seconds, no data; not worth a cluster job
 
 
 rule model_sizes:
