@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -32,31 +29,6 @@ sys.path.insert(0, str(REPO / "tests"))
 MODELS = {"lite0": "timm:tf_efficientnet_lite0", "lite2": "timm:tf_efficientnet_lite2",
           "resnet50": "timm:resnet50", "vit_b16": "timm:vit_base_patch16_224"}
 JOBS = ("extract", "cache", "transfer")
-
-
-def peak_rss(cmd: list[str]) -> tuple[float, int]:
-    """(peak MB of the process tree's summed RSS, exit code)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    root, peak, done = psutil.Process(proc.pid), 0, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
-    _, err = proc.communicate()
-    done.set()
-    thread.join()
-    if proc.returncode:
-        print(err.decode()[-2000:], file=sys.stderr)
-    return peak / 2**20, proc.returncode
 
 
 def weights_for(name: str, folder: Path) -> str:
@@ -78,6 +50,7 @@ def weights_for(name: str, folder: Path) -> str:
 
 
 def main() -> int:
+    from measure import peak_rss
     from photos import write_photo_jpegs
 
     from kt.resources import ModelCost, memory_mb, model_sizes
@@ -87,22 +60,30 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-batch", type=int, default=None, help="transfer batch (default: transfer.batch_size)")
+    ap.add_argument("--eval-batch", type=int, default=None,
+                    help="batch of a transfer's evaluations (default: extract.batch_size, as the workflow sets it)")
+    ap.add_argument("--allocator", choices=["steady", "glibc"], default="steady",
+                    help="kt's malloc settings (kt/allocator.py) or glibc's defaults (KT_MALLOC=glibc)")
     args = ap.parse_args()
-    extract_batch, train_batch = defaults("extract")["batch_size"], defaults("transfer")["batch_size"]
+    extract_batch = defaults("extract")["batch_size"]
+    train_batch = args.train_batch or defaults("transfer")["batch_size"]
     sizes = model_sizes({name: MODELS[name] for name in args.models})
-    print(f"# {machine()}, {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; extract/eval "
-          f"batch {extract_batch}, transfer batch {train_batch}, 1 loader worker, {args.threads} torch threads")
-    print(f"{'model':9s} {'job':9s} {'peak MB':>8s} {'asked MB':>9s} {'asked/peak':>10s}")
+    print(f"# {machine()}, {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; extract/cache "
+          f"batch {extract_batch}, transfer batch {train_batch} (evaluations {args.eval_batch or extract_batch}), "
+          f"1 loader worker, {args.threads} torch threads, malloc {args.allocator}")
+    print(f"{'model':9s} {'job':9s} {'RSS MB':>8s} {'PSS MB':>8s} {'asked MB':>9s} {'asked/RSS':>10s}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_photo_jpegs(folder, extract_batch, seed=0, split="val")
-        write_photo_jpegs(folder, train_batch, seed=1, split="train")
+        write_photo_jpegs(folder, max(train_batch, extract_batch), seed=1, split="train")  # cache: whole batches
         dataset = json.dumps({"name": "imagefolder", "root": str(folder)})
         kt = [sys.executable, "-m", "kt", "--threads", str(args.threads)]
         for name in args.models:
             spec = json.dumps({"id": MODELS[name], "weights": weights_for(name, folder)})
             cost = ModelCost(sizes[name]["params"], 100.0).with_sizes(sizes[name])
-            settings = json.dumps({"epochs": 1, "batch_size": train_batch, "eval_batch_size": extract_batch,
+            eval_batch = args.eval_batch or extract_batch
+            settings = json.dumps({"epochs": 1, "batch_size": train_batch, "eval_batch_size": eval_batch,
                                    "augment": "none", "workers": 1, "device": "cpu", "cache_views": 1})
             commands = {
                 "extract": (kt + ["extract", "--model", spec, "--dataset", dataset, "--batch-size", str(extract_batch),
@@ -114,13 +95,13 @@ def main() -> int:
                 "transfer": (kt + ["transfer", "--teacher", spec, "--student", spec, "--strategy", "kl_dp",
                                    "--dataset", dataset, "--settings", settings, "--out", str(folder / f"{name}-run")],
                              memory_mb(students=[cost], frozen=[cost], batch=train_batch, workers=1,
-                                       eval_batch=extract_batch)),
+                                       eval_batch=eval_batch)),
             }
             for job in args.jobs:
                 cmd, asked = commands[job]
-                peak, code = peak_rss(cmd)
+                peak, pss, code = peak_rss(cmd, REPO, {"KT_MALLOC": args.allocator})
                 status = "" if code == 0 else f"  (exit {code})"
-                print(f"{name:9s} {job:9s} {peak:8.0f} {asked:9d} {asked / peak:10.2f}{status}", flush=True)
+                print(f"{name:9s} {job:9s} {peak:8.0f} {pss:8.0f} {asked:9d} {asked / peak:10.2f}{status}", flush=True)
     return 0
 
 
