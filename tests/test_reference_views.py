@@ -164,3 +164,29 @@ def test_transfer_views_are_the_reference_views(lite_file, photo_root: Path, tmp
     evald = load_split(dataset, "eval")
     np.testing.assert_allclose(eval_logits(model, evald, settings, torch.device("cpu")),
                                kt_logits(student, photo_root, tmp_path), atol=1e-5)
+
+
+def test_imagenet_synset_folders_get_imagenets_label_space(photo_root: Path, tmp_path: Path, caplog) -> None:
+    """Four synset folders: ImageNet-1k's 1000 classes in their standard order (said in the log), so that
+    an ImageNet model's outputs are the labels; a classes_file keeps the folders alone; other folder names
+    keep the sorted folders; a class-count mismatch names dataset.classes_file."""
+    import logging
+
+    from kt.errors import KtError
+    from kt.plugins.datasets import ImageFolder
+
+    with caplog.at_level(logging.INFO, logger="kt"):
+        split = load_split({"name": "imagefolder", "root": str(photo_root)}, "eval")
+    assert len(split.classes) == 1000 and split.classes[281] == "n02123045"
+    assert sorted(set(split.labels)) == [281, 665, 744, 967]  # tabby, moped, missile, espresso
+    assert "are ImageNet-1k synsets" in caplog.text and "dataset.classes_file" in caplog.text
+    folders = sorted(p.name for p in (photo_root / "train").iterdir())
+    (tmp_path / "classes.txt").write_text("\n".join(folders) + "\n")
+    own = load_split({"name": "imagefolder", "root": str(photo_root), "classes_file": str(tmp_path / "classes.txt")},
+                     "eval")
+    assert own.classes == folders and sorted(set(own.labels)) == [0, 1, 2, 3]
+    for name in ("cat", "n0212345"):  # not synsets: the folders as they are
+        (tmp_path / "other" / "train" / name).mkdir(parents=True)
+    assert ImageFolder(root=str(tmp_path / "other")).classes == ["cat", "n0212345"]
+    with pytest.raises(KtError, match=r"predicts 1000 classes but the dataset has 4\..*dataset\.classes_file"):
+        create_model(ModelSpec(id="timm:resnet18", pretrained=False), own.classes)

@@ -1,6 +1,6 @@
 """Transfer strategies on hand-made logits: every loss against arithmetic written out in the test (math /
 numpy, never kt's own helpers), the data-partitioning masks with their tie rules, and the slow weights of
-XE-KL+MCL. Definitions: DESIGN.md §1 (Roth et al., ICLR 2024)."""
+XE-KL+MCL. Definitions: README "Strategies" and docs/paper-code.md (Roth et al., ICLR 2024)."""
 
 from __future__ import annotations
 
