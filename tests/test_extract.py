@@ -164,7 +164,8 @@ def test_class_count_mismatch_leaves_no_file(tmp_path: Path, tiny_resnet_spec: M
                     "--out", str(out), "--device", "cpu")
     assert result.returncode == 2
     assert result.stderr.startswith("kt: error: model 'timm__resnet18' predicts 5 classes but the dataset "
-                                    "has 10; set num_classes"), result.stderr
+                                    "has 10. Give the dataset the model's label space (dataset.classes_file"), \
+        result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
     assert not out.parent.exists() or _leftovers(out.parent) == []
