@@ -9,6 +9,7 @@ arguments, a class count and preprocessing overrides; ``create_model`` turns it 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -101,9 +102,10 @@ class Classifier(nn.Module):
             self.__dict__["_transform"] = reference_transform(self.preprocess)  # on first use: timm imports slowly
         return self._transform
 
-    @property
+    @functools.cached_property
     def view_key(self) -> str:
-        """Models with equal keys see identical evaluation views (one decode serves them all)."""
+        """Models with equal keys see identical evaluation views (one decode serves them all); computed
+        once, since the training step looks it up for every model on every batch."""
         return repr(self.transform)
 
     def _grab(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:

@@ -63,7 +63,6 @@ class Preprocessing:
 
 
 CROP_MODES = ("center", "squash", "border")
-DECODES = ("reference", "fast")  # how evaluation views are made (module docstring)
 TENSOR_STEPS = {"ToTensor", "MaybeToTensor", "PILToTensor", "MaybePILToTensor", "Normalize", "ConvertImageDtype"}
 ViewTransform = Callable[[Any], torch.Tensor]  # PIL image (RGB) -> uint8 (3, size, size)
 
