@@ -25,8 +25,12 @@ data:
 test-deps:
 	@bash scripts/install-system.sh --test
 
+# --show-failed-logs: a failed job's log (ending with its one-line `kt: error: ...`) is printed
+# under Snakemake's "Error in rule" block; jobs write their output only to results/logs/.
+SNAKEMAKE_RUN := $(BIN)/snakemake --show-failed-logs
+
 run: setup data
-	$(BIN)/snakemake --cores $(CORES)
+	$(SNAKEMAKE_RUN) --cores $(CORES)
 	$(BIN)/snakemake --report results/report.html
 	@echo "kt: done. Open the report: $(abspath results/report.html)"
 
@@ -35,7 +39,7 @@ science: run
 	mkdir -p results/science
 	ln -sfn ../zoo results/science/zoo
 	ln -sfn ../logits results/science/logits
-	$(BIN)/snakemake --cores $(CORES) --configfile configs/science.yaml
+	$(SNAKEMAKE_RUN) --cores $(CORES) --configfile configs/science.yaml
 	$(BIN)/snakemake --configfile configs/science.yaml --report results/science/report.html
 	@echo "kt: done. Open the report: $(abspath results/science/report.html)"
 

@@ -23,6 +23,7 @@ Arg = tuple[tuple[str, ...], dict[str, Any]]
 Command = Callable[[argparse.Namespace], Any]
 COMMANDS: dict[str, tuple[Command, tuple[Arg, ...]]] = {}
 DEFAULT_PLUGIN_DIR = "plugins"
+DEFAULT_CONFIG = "config.yaml"
 
 
 def arg(*flags: str, **options: Any) -> Arg:
@@ -59,6 +60,41 @@ def _registry(args: argparse.Namespace):
     return get_registry(folders)
 
 
+def read_config(path: str | Path | None) -> dict[str, Any]:
+    """The workflow's config as ``snakemake [--configfile FILE]`` run here sees it: ``./config.yaml``
+    (when it exists) with FILE's top-level keys over it; ``{}`` without either."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    files = [DEFAULT_CONFIG] if Path(DEFAULT_CONFIG).is_file() else []
+    if path is not None:
+        if not Path(path).is_file():
+            raise KtError(f"config file {str(path)!r} does not exist.")
+        files.append(Path(path))
+    for file in dict.fromkeys(Path(f).resolve() for f in files):
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise KtError(f"config file {str(file)!r} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise KtError(f"config file {str(file)!r} does not hold a mapping of config keys.")
+        config |= loaded
+    dirs = config.get("plugin_dirs") or []
+    if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+        raise KtError(f"config key plugin_dirs must be a list of folders, got {dirs!r}.")
+    return config
+
+
+def workflow_plugin_folders(args: argparse.Namespace) -> list[str]:
+    """The folders the workflow loads, run from here: ``./plugins``, the config's ``plugin_dirs``
+    (:func:`kt.config.plugin_folders`), then every ``--plugin-dir``; absolute, each once."""
+    from kt.config import plugin_folders
+
+    folders = plugin_folders(read_config(args.config), Path.cwd())
+    folders += [str(Path(d).resolve()) for d in args.plugin_dir or []]
+    return list(dict.fromkeys(folders))
+
+
 def _settings(args: argparse.Namespace):
     from kt.transfer import TransferSettings
 
@@ -91,11 +127,18 @@ GROUP = arg("--group", required=True, help="the group's name (teacher column of 
 RUN_OUT = arg("--out", required=True, help="run folder")
 
 
-@command()
+@command(arg("--config", metavar="FILE", default=None,
+             help=f"a config file whose plugin_dirs are listed too, read over ./{DEFAULT_CONFIG} as "
+                  f"`snakemake --configfile FILE` does (default: ./{DEFAULT_CONFIG} when it exists)"))
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """List every plugin, where it came from, what it registered with its options, and which
-    plugins failed to load (JSON; exit status 1 when one failed)."""
-    records = _registry(args).plugin_records()
+    """List the workflow's plugins, where each came from and what it registered (JSON).
+
+    The folders are the workflow's: ./plugins, the config's plugin_dirs and every --plugin-dir.
+    Each record names the plugin, its origin, what it registered with the options and defaults,
+    or why it failed to load; the exit status is 1 when one failed."""
+    from kt.registry import get_registry
+
+    records = get_registry(workflow_plugin_folders(args)).plugin_records()
     print(json.dumps(records, indent=2))
     return int(any(r["status"] == "failed" for r in records))
 
@@ -104,9 +147,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
          arg("pattern", nargs="?", default="*", help="case-sensitive glob, e.g. 'resnet*' (default: all)"),
          arg("--pretrained", action="store_true", help="names with pretrained weights (tags)"))
 def cmd_models(args: argparse.Namespace) -> None:
-    """List a model source's model names matching a glob, one per line (the part after SOURCE:)."""
+    """List a model source's model names matching a glob, one per line (the part after SOURCE:).
+
+    A source that accepts any name (its list_models returns None) lists nothing and says so."""
     source = _registry(args).get("model_sources", args.source)
     names = source.list_models(args.pattern, pretrained=args.pretrained)
+    if names is None:
+        print(f"kt: {args.source} accepts any name ({args.source}:NAME, see its plugin's documentation); "
+              "it has no list to show.", file=sys.stderr)
+        return
     if not names:
         raise KtError(f"no {args.source} model{' with pretrained weights' if args.pretrained else ''} "
                       f"matches {args.pattern!r} (a case-sensitive glob, e.g. 'resnet*').")
@@ -334,17 +383,23 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         print(overview(table))
 
 
+def summary(fn: Command) -> str:
+    """A command's line in ``kt --help``: the first paragraph of its docstring, whole, on one line."""
+    return " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kt", description=__doc__.splitlines()[0])
     p.add_argument("--plugin-dir", action="append", default=None,
-                   help=f"folder of plugin modules (repeatable; default: ./{DEFAULT_PLUGIN_DIR} if it exists)")
+                   help=f"folder of plugin modules (repeatable; default: ./{DEFAULT_PLUGIN_DIR} if it exists; "
+                        f"`plugins` lists ./{DEFAULT_PLUGIN_DIR} and the config's plugin_dirs too)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads: torch's, and complementarity's file-loading and table workers "
                         "(default: torch's choice; complementarity: the cores this process may use)")
     p.add_argument("-q", "--quiet", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, arguments) in COMMANDS.items():
-        s = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
+        s = sub.add_parser(name, help=summary(fn), description=" ".join((fn.__doc__ or "").split()))
         for flags, options in arguments:
             s.add_argument(*flags, **options)
     return p

@@ -387,8 +387,13 @@ def open_dataset(dataset: dict[str, Any], registry: Registry | None = None) -> D
                               "dataset section of the config.")
     try:
         return factory(**options)
+    except KtError:
+        raise
     except TypeError as e:
         raise KtError(f"dataset {name!r} does not take these options {sorted(options)}: {e}.") from None
+    except Exception as e:  # noqa: BLE001 - a plugin's own validation of its options
+        raise KtError(f"config key dataset: {registry.who('datasets', name)} rejected the options {options}: "
+                      f"{type(e).__name__}: {e}") from None
 
 
 def check_augment(augment: str, dataset: Dataset, key: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -16,9 +17,10 @@ from kt.artifacts import LogitsWriter, atomic_path, logits_attrs, open_h5, set_a
 from kt.data import Loader, Split, Views, load_split
 from kt.device import BatchBackoff, autocast, pick_device
 from kt.errors import KtError
+from kt.facts import code_record
 from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import normalize
-from kt.registry import Registry
+from kt.registry import Registry, get_registry
 from kt.schema import default, defaults
 
 log = logging.getLogger("kt")
@@ -125,7 +127,8 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
             writer.flush()
         attrs = logits_attrs(spec, model, data, dataset) | {
             "accuracy": 100.0 * correct / len(data), "images_per_s": len(data) / max(busy, 1e-9),
-            "device": str(dev), "batch_size": backoff.size, "workers": workers, "dtype": dtype, "decode": decode}
+            "device": str(dev), "batch_size": backoff.size, "workers": workers, "dtype": dtype, "decode": decode,
+            "code": json.dumps(code_record((registry or get_registry()).code_table(), [spec.source], dataset["name"]))}
         set_attrs(f, attrs)
     log.info("%s: top-1 %.2f %% on %d %s images, %.0f img/s -> %s",
              spec.slug, attrs["accuracy"], len(data), split, attrs["images_per_s"], out)

@@ -23,14 +23,13 @@ import polars as pl
 from kt.artifacts import check_same_samples, read_logits, write_table
 from kt.complementarity import TOP_P
 from kt.errors import KtError
+from kt.names import CONTROL, NO_TEACHER
 from kt.schema import default
 from kt.select import SIMILAR_WITHIN, bin_expr
 from kt.stats import bootstrap_ci, delta_ci, mcnemar_p, spearman
 
 SAME_RUN_FIX = "rerun both steps on the same dataset config."
 ALPHA = default("alpha")
-CONTROL = "ce"  # the control strategy: each run's Δ against it is reported when it runs
-NO_TEACHER = "none"  # the teacher column of teacher-free runs (the control), one per student and seed
 
 
 def top_classes(pos_per_class: np.ndarray, p: float) -> np.ndarray:
@@ -312,8 +311,29 @@ def overview(table: pl.DataFrame) -> pl.DataFrame:
     if "mean_delta_vs_control" in rows.columns:
         columns.append(_with_ci("mean_delta_vs_control").alias(f"Δ vs {CONTROL} [95 % CI]"))
     if "forecast_spearman" in rows.columns:
-        columns.append(_with_ci("forecast_spearman").alias("forecast ρ [95 % CI]"))
+        columns.append(_forecast_text().alias("forecast ρ [95 % CI]"))
     return rows.select(columns)
+
+
+def forecast_text(rho: float | None, low: float | None, high: float | None, n: int | None) -> str | None:
+    """The forecast's Spearman ρ as the overview shows it: ``+0.94 [+0.60, +1.00]``, or why it is
+    undefined: ``n/a (2 pairs; needs 3)`` or ``n/a (constant over 6 pairs)`` (a forecast or Δ that
+    does not vary has no ranks to correlate). None where no forecast was made (no pairs table)."""
+    if rho is None:
+        return None
+    if np.isnan(rho):
+        if n is not None and n < 3:
+            return f"n/a ({n} pair{'' if n == 1 else 's'}; needs 3)"
+        return f"n/a (constant over {n} pairs)" if n is not None else "n/a"
+    if low is None or np.isnan(low):
+        return f"{rho:+.2f}"
+    return f"{rho:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _forecast_text() -> pl.Expr:
+    names = ["forecast_spearman", "forecast_spearman_ci_low", "forecast_spearman_ci_high", "forecast_n"]
+    return pl.struct(*names).map_elements(lambda row: forecast_text(*(row[k] for k in names)),
+                                          return_dtype=pl.String)
 
 
 def write_summary(table: pl.DataFrame, out_parquet: str | Path, out_csv: str | Path,

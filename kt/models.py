@@ -1,18 +1,15 @@
-"""Model ids, specs and the one classifier interface every model source returns.
+"""The one classifier interface every model source returns, and :func:`create_model`.
 
-An id is ``SOURCE:NAME`` (``timm:resnet50.a1_in1k``, ``open_clip:ViT-B-32/laion2b_s34b_b79k``,
-``torchvision:resnet50/IMAGENET1K_V2``). A spec adds an optional local weight file, constructor
-arguments, a class count and preprocessing overrides; ``create_model`` turns it into a
-:class:`Classifier`.
+Model ids and specs live in :mod:`kt.spec` (re-exported here): an id is ``SOURCE:NAME``
+(``timm:resnet50.a1_in1k``, ``open_clip:ViT-B-32/laion2b_s34b_b79k``,
+``torchvision:resnet50/IMAGENET1K_V2``), and ``create_model`` turns a spec into a :class:`Classifier`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
-import re
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,54 +19,7 @@ from torch import nn
 from kt.errors import KtError, closest
 from kt.preprocess import Preprocessing, ViewTransform, reference_transform
 from kt.registry import Registry, get_registry
-
-
-def slugify(text: str) -> str:
-    """A path- and wildcard-safe name: ``timm:resnet50.a1_in1k`` -> ``timm__resnet50_a1_in1k``."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text.replace(":", "__", 1)).strip("_")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to build one model; the config's ``models`` entries parse into this."""
-
-    id: str
-    weights: str | None = None
-    num_classes: int | None = None
-    args: dict[str, Any] = field(default_factory=dict)
-    preprocess: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    family: str | None = None  # cnn | transformer | mlp; None: inferred from the modules (infer_family)
-    pretrained: bool = True
-
-    def __post_init__(self) -> None:
-        if ":" not in self.id:
-            raise KtError(f"model id {self.id!r} has no source prefix; write SOURCE:NAME, "
-                          "e.g. timm:resnet50.a1_in1k, open_clip:ViT-B-32/laion2b_s34b_b79k, "
-                          "torchvision:resnet50/IMAGENET1K_V2.")
-
-    @property
-    def source(self) -> str:
-        return self.id.split(":", 1)[0]
-
-    @property
-    def arch(self) -> str:
-        return self.id.split(":", 1)[1]
-
-    @property
-    def slug(self) -> str:
-        return self.name or slugify(self.id)
-
-    @classmethod
-    def parse(cls, entry: str | dict[str, Any]) -> ModelSpec:
-        """From a config entry: a bare id string or a mapping with ``id`` and options."""
-        if isinstance(entry, str):
-            return cls(id=entry)
-        return cls(**entry)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, {}, []) and k != "pretrained"} | (
-            {} if self.pretrained else {"pretrained": False})
+from kt.spec import ModelSpec  # re-exported: plugins import it from here
 
 
 class Classifier(nn.Module):
@@ -150,13 +100,13 @@ class ModelSource(ABC):
         base = self.base_name(spec.arch)
         known = self.known_models()
         if base not in known:
-            raise KtError(f"model {spec.id!r}: {spec.source} has no model {base!r}."
+            raise KtError(f"{spec.source} has no model {base!r}."
                           f"{closest(base, known)}")
         tag = spec.arch[len(base) + 1:]
         tags = self.known_tags(base) if tag else None
         if tags is not None and tag not in tags:
             listed = ", ".join(tags[:12]) + (", ..." if len(tags) > 12 else "") if tags else "none"
-            raise KtError(f"model {spec.id!r}: {spec.source} has no weights {tag!r} for {base}."
+            raise KtError(f"{spec.source} has no weights {tag!r} for {base}."
                           f"{closest(tag, tags)} Known tags: {listed} "
                           f"(`kt models {spec.source} '{base}*' --pretrained` lists them).")
 
@@ -235,7 +185,10 @@ def create_model(spec: ModelSpec | str | dict[str, Any], classes: list[str] | No
         spec = ModelSpec.parse(spec)
     registry = registry or get_registry()
     source: ModelSource = registry.get("model_sources", spec.source)
-    source.check(spec)
+    try:
+        source.check(spec)
+    except KtError as e:  # a check's message does not name the model: its caller does
+        raise KtError(f"model {spec.slug!r}: {e}") from None
     check_weights_file(spec)
     model = source.create(spec, classes)
     if classes is not None and model.num_classes != len(classes):

@@ -37,9 +37,6 @@ from kt.registry import Registry, get_registry
 from kt.schema import choices, defaults
 from kt.transfer import TransferSettings, epoch_row, epoch_table, eval_logits, transfer, write_record, write_run
 
-MODES = choices("multi_teacher", "modes")  # sequential, parallel, soup
-SOUP = "soup"  # averages the members' single-teacher students
-RUN_MODES = tuple(m for m in MODES if m != SOUP)  # one multi-transfer job each
 ORDERS = choices("multi_teacher", "order")
 SOUP_BATCHNORM = choices("multi_teacher", "soup_batchnorm")
 DEFAULTS = defaults("multi_teacher")

@@ -25,6 +25,7 @@ from typing import Any
 
 import pluggy
 
+from kt import __version__ as kt_version
 from kt import hookspecs
 from kt.errors import KtError, closest
 
@@ -72,6 +73,11 @@ class _Entry:
     plugin: str
 
 
+def file_digest(path: str | Path) -> str:
+    """A plugin file's version: its content digest (editing the file changes it, touching it does not)."""
+    return f"{Path(path).name} sha256:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
+
+
 @dataclass
 class Failure:
     """A plugin that could not be loaded, and why."""
@@ -93,6 +99,7 @@ class Registry:
     entry_points: bool | None = None
     pm: pluggy.PluginManager = field(init=False)
     origins: dict[str, str] = field(init=False, default_factory=dict)
+    versions: dict[str, str] = field(init=False, default_factory=dict)  # plugin -> its code's version
     tables: dict[str, dict[str, _Entry]] = field(init=False, default_factory=dict)
     failures: list[Failure] = field(init=False, default_factory=list)
 
@@ -100,26 +107,29 @@ class Registry:
         self.pm = pluggy.PluginManager("kt")
         self.pm.add_hookspecs(hookspecs)
         for modname in BUILTIN_PLUGINS:
-            self._add(importlib.import_module(modname), modname, "builtin")
+            self._add(importlib.import_module(modname), modname, "builtin", f"kt {kt_version}")
         if entry_points_enabled(self.entry_points):
             self._load_entry_points()
         for folder in self.plugin_dirs:
             self._load_folder(Path(folder))
         for i, plugin in enumerate(self.extra_plugins):
             name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}"
-            self._add(plugin, name, "registered in code")
+            self._add(plugin, name, "registered in code", f"{name} (registered in code)")
         self._collect()
         for failure in self.failures:
             log.warning("%s", failure)
 
-    def _add(self, plugin: Any, name: str, origin: str) -> None:
-        """Register one plugin; one that implements an unknown hook is recorded and left out."""
+    def _add(self, plugin: Any, name: str, origin: str, version: str) -> None:
+        """Register one plugin; one that implements an unknown hook is recorded and left out.
+        ``version`` names the code: kt's version for built-ins, a distribution's for entry points,
+        the file's digest for folder plugins (what a result records and the workflow reruns on)."""
         try:
             self.pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as e:  # registered already; a hook's bad signature
             self.failures.append(Failure(name, origin, str(e)))
             return
         self.origins[name] = origin
+        self.versions[name] = version
         unknown = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [] if c.spec is None)
         if unknown:
             self.pm.unregister(plugin)
@@ -129,14 +139,14 @@ class Registry:
 
     def _load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else f"{ep.value} (unknown distribution)"
             origin = f"entry point {ep.name} = {ep.value} ({dist})"
             try:
                 plugin = ep.load()
             except Exception as e:  # noqa: BLE001 - a broken third-party plugin must not take kt down
                 self.failures.append(Failure(ep.name, origin, f"{type(e).__name__}: {e}"))
                 continue
-            self._add(plugin, ep.name, origin)
+            self._add(plugin, ep.name, origin, dist)
 
     def _load_folder(self, folder: Path) -> None:
         if not folder.is_dir():
@@ -157,7 +167,7 @@ class Registry:
                 sys.modules.pop(modname, None)
                 self.failures.append(Failure(name, str(path), f"{type(e).__name__}: {e}"))
                 continue
-            self._add(module, name, str(path))
+            self._add(module, name, str(path), file_digest(path))
 
     def _collect(self) -> None:
         """Call every hook; a hook function that raises is that plugin's failure (its names are dropped)."""
@@ -202,6 +212,21 @@ class Registry:
                           f"Known: {', '.join(sorted(table))}.{failed}")
         return table[name].obj
 
+    def code(self, kind: str, name: str) -> str:
+        """The version of the code behind registered ``name`` (see :meth:`_add`)."""
+        self.get(kind, name)
+        return self.versions[self.tables[kind][name].plugin]
+
+    def who(self, kind: str, name: str) -> str:
+        """``strategy 'NAME' (plugin P, ORIGIN)``: which plugin registered ``name``, for messages."""
+        plugin = self.tables[kind][name].plugin
+        return f"{KINDS[kind][1]} {name!r} (plugin {plugin!r}, {self.origins.get(plugin, '?')})"
+
+    def code_table(self) -> dict[str, dict[str, str]]:
+        """kind -> name -> :meth:`code`, for everything registered."""
+        return {kind: {name: self.versions[entry.plugin] for name, entry in table.items()}
+                for kind, table in self.tables.items()}
+
     def names(self, kind: str) -> list[str]:
         return sorted(self.tables[kind])
 
@@ -216,7 +241,8 @@ class Registry:
         for name, plugin in self.pm.list_name_plugin():  # in load order
             registered = {kind: sorted(n for n, e in table.items() if e.plugin == name)
                           for kind, table in self.tables.items()}
-            record = {"name": name, "origin": self.origins.get(name, "?"), "status": "loaded",
+            record = {"name": name, "origin": self.origins.get(name, "?"), "code": self.versions.get(name, "?"),
+                      "status": "loaded",
                       "hooks": sorted(h.name for h in self.pm.get_hookcallers(plugin) or []),
                       "registered": {k: v for k, v in registered.items() if v}}
             opts = {kind: {n: _jsonable(options(self.tables[kind][n].obj)) for n in names}

@@ -11,14 +11,13 @@ checked for non-finite values every :data:`CHECK_EVERY` steps.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,59 +43,14 @@ from kt.data import Loader, Split, Views, check_augment, load_split, open_datase
 from kt.device import autocast, find_batch_size, grad_scaler, pick_device
 from kt.errors import KtError
 from kt.extract import predict, prepare
+from kt.facts import code_record
 from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import normalize, resize_uint8
 from kt.registry import Registry, get_registry
-from kt.schema import default, defaults
+from kt.settings import TransferSettings, make_strategy  # re-exported: the loop's settings
 from kt.strategies import Outputs, Strategy
 
 log = logging.getLogger("kt")
-
-
-_DEFAULTS = defaults("transfer")
-
-
-@dataclass
-class TransferSettings:
-    """The config's ``transfer`` keys and ``device``, defaults from the schema (the paper's SGD:
-    momentum 0.9, weight decay 1e-4, lr 1e-4 x batch/256)."""
-
-    epochs: int = _DEFAULTS["epochs"]
-    batch_size: int = _DEFAULTS["batch_size"]
-    auto_batch_size: bool = _DEFAULTS["auto_batch_size"]
-    lr: float | None = _DEFAULTS["lr"]
-    momentum: float = _DEFAULTS["momentum"]
-    weight_decay: float = _DEFAULTS["weight_decay"]
-    augment: str = _DEFAULTS["augment"]
-    seed: int = _DEFAULTS["seeds"][0]  # one of transfer.seeds: each seed is its own run
-    eval_every: int = _DEFAULTS["eval_every"]
-    cache_views: int = _DEFAULTS["cache_views"]
-    cache_dtype: str = _DEFAULTS["cache_dtype"]
-    workers: int = _DEFAULTS["workers"]  # never changes a result (kt.data.Loader)
-    device: str = default("device")
-    decode: str = default("decode")  # evaluation and un-augmented views: reference or fast (kt.preprocess)
-    eval_batch_size: int = 512
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def learning_rate(self, strategy: Strategy) -> float:
-        """Hands the strategy the batch size first (:meth:`Strategy.configure`: XE-KL+MCL scales its lr
-        and slow-weight interval with it), then: its own lr, else the setting, else 1e-4 x batch / 256."""
-        strategy.configure(self.batch_size)
-        return strategy.lr or self.lr or 1e-4 * self.batch_size / 256
-
-    def digest(self) -> str:
-        skip = {"device", "eval_batch_size", "workers"}
-        return hashlib.sha256(json.dumps({k: v for k, v in asdict(self).items() if k not in skip},
-                                         sort_keys=True).encode()).hexdigest()[:16]
-
-
-def make_strategy(name: str, options: dict[str, Any], registry: Registry) -> Strategy:
-    factory = registry.get("strategies", name)
-    try:
-        return factory(**options)
-    except TypeError as e:
-        raise KtError(f"strategy {name!r} does not accept options {sorted(options)} "
-                      f"(config key transfer.options.{name}): {e}.") from None
 
 
 def view_for(model: Classifier, images: torch.Tensor | Views) -> torch.Tensor:
@@ -368,6 +322,7 @@ class _Run:
     cached: bool
     digest: str  # of the settings as configured (before an automatic batch size): what state.pt must match
     chunk: int | None = None  # micro-batch size after an out-of-memory back-off (None: whole batches)
+    strategy_origin: str = ""  # "strategy 'NAME' (where it comes from)", for messages
 
 
 def _set_up(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
@@ -411,7 +366,8 @@ def _set_up(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, d
         log.warning("%s: transfer.workers is 0, so images are decoded in the training process; set it to the "
                     "job's spare cores (4-8 per GPU, README 'Image folders at scale')", pair)
     return _Run(pair, strategy, settings, dev, train, evald, loader, model, FrozenLogits(teach, initial, dev, cached),
-                opt, grad_scaler(dev), lr, cached is not None, digest)
+                opt, grad_scaler(dev), lr, cached is not None, digest,
+                strategy_origin=registry.who("strategies", strategy_name))
 
 
 def _probe_step(model: Classifier, frozen: list[Classifier], size: int, device: torch.device) -> None:
@@ -535,8 +491,17 @@ class _LossWindow:
             return
         at = int((~torch.isfinite(recent)).nonzero()[0])
         bad_step = step - len(recent) + at + 1
-        raise KtError(f"non-finite loss ({recent[at].item()}) in {self.run.pair} at epoch {self.epoch + 1}, "
-                      f"step {bad_step}; lower the learning rate (now {self.run.lr:g}) or check the models' logits.")
+        where = (f"non-finite loss ({recent[at].item()}) in {self.run.pair} at epoch {self.epoch + 1}, "
+                 f"step {bad_step}, from {self.run.strategy_origin or 'its strategy'}")
+        if bad_step == 1:  # before the first optimiser step: the learning rate played no part
+            raise KtError(f"{where}, on the untrained student: a bug in the strategy's loss (e.g. a log of 0, "
+                          "a 0/0 or a mean over no samples), or non-finite logits from one of the models.")
+        if bad_step <= CHECK_EVERY:  # the run's first check window
+            raise KtError(f"{where}, within the first {CHECK_EVERY} steps: most likely a bug in the strategy's "
+                          "loss (e.g. a log of 0, a 0/0 or a mean over no samples on some batch); if the loss is "
+                          f"sound, the learning rate (now {self.run.lr:g}) is far too high.")
+        raise KtError(f"{where}: the run diverged; lower the learning rate (now {self.run.lr:g}: transfer.lr, or "
+                      "the strategy's own lr option) or check the models' logits.")
 
 
 def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str, dataset: dict[str, Any],
@@ -547,7 +512,9 @@ def _transfer(teachers: list[ModelSpec], student: ModelSpec, strategy_name: str,
     config = {"teacher": teachers[0].to_dict() if len(teachers) == 1 else None,
               "teachers": [t.to_dict() for t in teachers], "student": student.to_dict(),
               "strategy": strategy_name, "settings": asdict(settings), "lr": run.lr, "dataset": dataset,
-              "cache": str(cache) if cache else None, "digest": settings.digest()} | extra_config
+              "cache": str(cache) if cache else None, "digest": settings.digest(),
+              "code": code_record(registry.code_table(), [m.source for m in (*teachers, student)], dataset["name"],
+                                  [strategy_name])} | extra_config
     state_path = out / "state.pt"
     history, start_epoch, step = _resume_or_evaluate_before(run, state_path, out, student, dataset, before)
     run.strategy.setup(run.model)

@@ -1,9 +1,11 @@
-"""The ``kt models`` listing (all three built-in model sources, offline) and ``kt inspect``'s summary
-and ``--json`` output on a logits file written by a real extraction."""
+"""The ``kt models`` listing (all three built-in model sources, offline), the folders ``kt plugins`` lists,
+the sub-commands' lines in ``kt --help``, and ``kt inspect``'s summary and ``--json`` output on a logits file
+written by a real extraction."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 
 import kt
 from kt.artifacts import artifact_info, summarize_artifact
+from kt.cli import COMMANDS, parser, summary
 from kt.data import TensorSplit
 from kt.extract import extract
 from kt.models import ModelSource, ModelSpec
@@ -98,6 +101,91 @@ def test_base_class_default_is_a_sorted_case_sensitive_glob() -> None:
     assert src.list_models("net*") == ["netB", "net_a"]
     assert src.list_models("net*", pretrained=True) == ["netB", "net_a"]
     assert src.list_models("zzz") == []
+
+
+# ---------------------------------------------------------------------------------------------- kt plugins
+
+STRATEGY_PLUGIN = """
+import kt
+from kt.strategies import KL
+
+
+@kt.hookimpl
+def register_strategies(register):
+    register({name!r}, KL)
+"""
+
+
+def _plugin_folder(root: Path, folder: str, name: str) -> Path:
+    path = root / folder
+    path.mkdir(parents=True)
+    (path / f"{name}_plugin.py").write_text(STRATEGY_PLUGIN.format(name=name))
+    return path
+
+
+def _strategies(result) -> dict[str, list[str]]:
+    """plugin name -> the strategies it registered, from `kt plugins`' JSON (built-ins left out)."""
+    return {r["name"]: r["registered"]["strategies"] for r in json.loads(result.stdout)
+            if r["origin"] != "builtin" and "strategies" in r.get("registered", {})}
+
+
+def test_kt_plugins_lists_the_workflows_folders_the_configs_and_every_plugin_dir(tmp_path: Path, kt_cli) -> None:
+    """As the workflow run from here loads them: ./plugins, config.yaml's plugin_dirs, then --plugin-dir (which
+    no longer hides ./plugins); --config FILE is read over ./config.yaml, as `snakemake --configfile FILE`."""
+    _plugin_folder(tmp_path, "plugins", "from_workflow")
+    _plugin_folder(tmp_path, "mine", "from_config")
+    _plugin_folder(tmp_path, "theirs", "from_other_config")
+    extra = _plugin_folder(tmp_path, "extra", "from_cli")
+    (tmp_path / "config.yaml").write_text("results: out\nplugin_dirs: [mine]\n")
+    (tmp_path / "other.yaml").write_text("plugin_dirs: [theirs]\n")
+    (tmp_path / "no_dirs.yaml").write_text("results: elsewhere\n")
+
+    result = kt_cli("--plugin-dir", str(extra), "plugins", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert _strategies(result) == {"kt_local_from_workflow_plugin": ["from_workflow"],
+                                   "kt_local_from_config_plugin": ["from_config"],
+                                   "kt_local_from_cli_plugin": ["from_cli"]}
+    assert _strategies(kt_cli("plugins", "--config", "other.yaml", cwd=tmp_path)) == {
+        "kt_local_from_workflow_plugin": ["from_workflow"], "kt_local_from_other_config_plugin": ["from_other_config"]}
+    assert list(_strategies(kt_cli("plugins", "--config", "no_dirs.yaml", cwd=tmp_path))) == [
+        "kt_local_from_workflow_plugin", "kt_local_from_config_plugin"]  # config.yaml's plugin_dirs still hold
+    # the same folder twice (./plugins given as --plugin-dir too) loads once
+    assert list(_strategies(kt_cli("--plugin-dir", "plugins", "plugins", cwd=tmp_path))) == [
+        "kt_local_from_workflow_plugin", "kt_local_from_config_plugin"]
+
+
+def test_kt_plugins_without_a_config_and_with_bad_ones(tmp_path: Path, kt_cli) -> None:
+    result = kt_cli("plugins", cwd=tmp_path)  # no ./plugins, no ./config.yaml: the built-ins
+    assert result.returncode == 0, result.stderr
+    assert _strategies(result) == {} and any(r["name"] == "kt.plugins.strategies" for r in json.loads(result.stdout))
+
+    result = kt_cli("plugins", "--config", "missing.yaml", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.strip() == "kt: error: config file 'missing.yaml' does not exist."
+    (tmp_path / "bad.yaml").write_text("plugin_dirs: mine\n")
+    result = kt_cli("plugins", "--config", "bad.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "kt: error: config key plugin_dirs must be a list of folders, got 'mine'."
+    (tmp_path / "gone.yaml").write_text("plugin_dirs: [gone]\n")
+    result = kt_cli("plugins", "--config", "gone.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "plugin folder" in result.stderr and "gone" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- kt --help
+
+
+def test_help_shows_each_commands_whole_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sub-command's line in `kt --help` is the whole first paragraph of its docstring (it used to stop at
+    the docstring's first line break: "... with its options, and which")."""
+    monkeypatch.setenv("COLUMNS", "400")  # one line per command: argparse wraps at the terminal's width
+    text = parser().format_help()
+    for name, (fn, _) in COMMANDS.items():
+        line = summary(fn)
+        assert line.endswith("."), (name, line)
+        assert line.count("(") == line.count(")") and len(line) <= 140, (name, line)
+        assert re.search(rf"^\s+{re.escape(name)}\s+{re.escape(line)}$", text, re.M), (name, line)
+    assert summary(COMMANDS["plugins"][0]) == ("List the workflow's plugins, where each came from and what it "
+                                               "registered (JSON).")
 
 
 # ---------------------------------------------------------------------------------------------- kt inspect

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kt.config import check, plugin_folders, validate
+from kt.check import check
+from kt.config import plugin_folders, validate
 from kt.errors import KtError
 from kt.registry import Registry
 

@@ -1,4 +1,4 @@
-"""The three complete examples of docs/plugins.md, run as written: each ```python block whose first line
+"""The complete examples of docs/plugins.md, run as written: each ```python block whose first line
 is ``# example: KIND`` is executed in a fresh module, registered with ``Registry(extra_plugins=...)`` and
 driven through kt's own entry points (create_model, load_split, make_strategy, transfer)."""
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from kt.config import check_strategy_options
+from kt.check import check_strategy_options
 from kt.data import DatasetInfo, load_split, open_dataset
 from kt.errors import KtError
 from kt.models import Classifier, ModelSpec, create_model
@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "plugins.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
 MARKER = re.compile(r"# example: (.+)")
-HOOKS = {"model source": "register_model_sources", "dataset": "register_datasets", "strategy": "register_strategies"}
+HOOKS = {"model source": "register_model_sources", "any-name model source": "register_model_sources",
+         "dataset": "register_datasets", "strategy": "register_strategies"}
 
 
 def doc_examples() -> dict[str, str]:
@@ -90,6 +91,7 @@ def test_all_examples_load_together_and_kt_plugins_shows_them() -> None:
     records = {r["name"]: r for r in registry.plugin_records()}
     assert records["docs_example_model_source"]["registered"] == {"model_sources": ["linear"]}
     assert records["docs_example_model_source"]["origin"] == "registered in code"
+    assert records["docs_example_any-name_model_source"]["registered"] == {"model_sources": ["npz"]}
     assert records["docs_example_dataset"]["registered"] == {"datasets": ["colours"]}
     assert records["docs_example_strategy"]["registered"] == {"strategies": ["kl_confident", "kl_very_confident"]}
     # the option listings the page quotes are what `kt plugins` prints
@@ -158,6 +160,86 @@ def test_model_source_mistakes_are_kt_errors(sources: Registry) -> None:
     source = sources.get("model_sources", "linear")
     assert source.list_models() == ["flat", "mlp"]
     assert source.list_models("m*", pretrained=True) == ["mlp"]
+
+
+# --- a model source that accepts any name ---------------------------------------------------------------
+
+
+def write_npz(path: Path, classes: int = 3, size: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    weight, bias = torch.randn(classes, 3 * size * size, generator=g), torch.randn(classes, generator=g)
+    np.savez(path, weight=weight.numpy(), bias=bias.numpy())
+    return weight, bias
+
+
+def test_any_name_source_builds_the_file_its_name_gives(tmp_path: Path) -> None:
+    registry = registry_of("any-name model source")
+    weight, bias = write_npz(tmp_path / "lin.npz")
+    rng = torch.get_rng_state()
+    model = create_model({"id": f"npz:{tmp_path / 'lin.npz'}", "name": "lin"}, ["a", "b", "c"], registry)
+    assert torch.equal(torch.get_rng_state(), rng)  # skip_init: no random draw
+    assert (model.num_classes, model.preprocess.size) == (3, 4)
+    assert model.origin == f"file:{(tmp_path / 'lin.npz').resolve()}"
+    x = torch.rand(5, 3, 4, 4)
+    logits, features = model.logits_and_features(x)
+    torch.testing.assert_close(logits, x.flatten(1) @ weight.T + bias)
+    torch.testing.assert_close(features, x.flatten(1))
+
+    # a student kt trained from it (transfer's student.pth: body.state_dict()) loads over the file's values
+    other_weight, other_bias = write_npz(tmp_path / "other.npz", seed=1)
+    other = create_model(f"npz:{tmp_path / 'other.npz'}", registry=registry)
+    torch.save(other.body.state_dict(), tmp_path / "student.pth")
+    student = create_model({"id": f"npz:{tmp_path / 'lin.npz'}", "weights": str(tmp_path / "student.pth")},
+                           registry=registry)
+    torch.testing.assert_close(student(x), x.flatten(1) @ other_weight.T + other_bias)
+    assert student.origin == f"file:{(tmp_path / 'student.pth').resolve()}"
+
+
+def test_any_name_source_lists_nothing_and_its_check_does_not_name_the_model(tmp_path: Path) -> None:
+    registry = registry_of("any-name model source")
+    source = registry.get("model_sources", "npz")
+    assert source.known_models() == [] and source.list_models() is None and source.list_models("x*", True) is None
+    write_npz(tmp_path / "lin.npz")
+    source.check(ModelSpec(id=f"npz:{tmp_path / 'lin.npz'}"))  # accepted
+    with pytest.raises(KtError) as err:
+        source.check(ModelSpec(id="npz:weights/missing.npz", name="mine"))
+    assert str(err.value) == "no .npz file 'weights/missing.npz' (npz:PATH, relative to the working directory)."
+    assert "mine" not in str(err.value) and "npz__" not in str(err.value)  # the caller names the model
+    with pytest.raises(KtError, match=r"no \.npz file 'lin\.pth'"):
+        source.check(ModelSpec(id="npz:lin.pth"))
+    # create runs in the jobs, where nothing else names the model
+    np.savez(tmp_path / "bad.npz", w=np.zeros((3, 48)))
+    with pytest.raises(KtError, match=r"^model 'bad': .*bad\.npz holds \['w'\], not weight and bias\.$"):
+        create_model({"id": f"npz:{tmp_path / 'bad.npz'}", "name": "bad"}, registry=registry)
+    np.savez(tmp_path / "odd.npz", weight=np.zeros((3, 50)), bias=np.zeros(3))
+    with pytest.raises(KtError, match=r"^model 'odd': .* not \(3, 50\) and \(3,\)\.$"):
+        create_model({"id": f"npz:{tmp_path / 'odd.npz'}", "name": "odd"}, registry=registry)
+
+
+def test_the_dry_run_names_the_model_once(tmp_path: Path) -> None:
+    """The config check puts `config model 'SLUG': ` before check's message, which does not name it again."""
+    from kt.check import check
+
+    registry = registry_of("any-name model source", "model source", "dataset")
+    config = {"dataset": {"name": "colours"}, "models": [{"id": "npz:weights/lin.npz", "name": "lin"}, "linear:flat"],
+              "zoo": {"models": []}, "transfer": {"strategies": [], "options": {}}}
+    with pytest.raises(KtError) as err:
+        check(config, registry)
+    assert str(err.value) == ("config model 'lin': no .npz file 'weights/lin.npz' (npz:PATH, relative to the "
+                              "working directory).")
+    assert str(err.value) in DOC.read_text()  # as the page quotes it
+
+
+def test_kt_models_says_an_any_name_source_accepts_any_name(tmp_path: Path, kt_cli) -> None:
+    """The example as a plugin-folder file, through the CLI: no names on stdout, one line on stderr, exit 0."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "npz_source.py").write_text(doc_examples()["any-name model source"])
+    result = kt_cli("--plugin-dir", str(folder), "models", "npz")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == ("kt: npz accepts any name (npz:NAME, see its plugin's documentation); "
+                                              "it has no list to show.")
 
 
 # --- dataset -------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from kt.errors import KtError
-from kt.metrics import overview, run_metrics, summarize, top_classes, transfer_rate, write_summary
+from kt.metrics import forecast_text, overview, run_metrics, summarize, top_classes, transfer_rate, write_summary
 from kt.stats import spearman
 
 # Ten evaluation samples of three classes.
@@ -216,6 +216,31 @@ def test_aggregates_carry_reproducible_bootstrap_intervals_and_the_forecast_with
     text = overview(summarize(files, pairs)).row(0, named=True)
     assert text["mean Δ [95 % CI]"] == (f"+0.50 [{row['mean_delta_ci_low']:+.2f}, {row['mean_delta_ci_high']:+.2f}]")
     assert text["forecast ρ [95 % CI]"].startswith("+0.94 [")
+
+
+def test_an_undefined_forecast_rho_reads_n_a_with_the_pair_count(tmp_path: Path) -> None:
+    """One selected pair: Spearman's ρ is undefined (NaN in the table); the overview says why instead of
+    printing +nan. Four pairs with one forecast value: constant, undefined too. Three varying pairs: a number."""
+    one = summarize([run_file(tmp_path, "kl", "a", 0.5)],
+                    pl.DataFrame({"teacher": ["a"], "student": ["s"], "forecast_dp": [2.0], "pos_flips": [1.0]}))
+    row = one.filter(pl.col("scope") == "strategy").row(0, named=True)
+    assert np.isnan(row["forecast_spearman"]) and row["forecast_n"] == 1
+    assert overview(one)["forecast ρ [95 % CI]"].to_list() == ["n/a (1 pair; needs 3)"]
+    write_summary(one, tmp_path / "s.parquet", tmp_path / "s.csv", tmp_path / "overview.csv")
+    assert pl.read_csv(tmp_path / "overview.csv")["forecast ρ [95 % CI]"].to_list() == ["n/a (1 pair; needs 3)"]
+
+    teachers = list("abcd")
+    files = [run_file(tmp_path, "kl_dp", t, d) for t, d in zip(teachers, [0.1, 0.4, -0.2, 0.3], strict=True)]
+    flat = pl.DataFrame({"teacher": teachers, "student": ["s"] * 4, "forecast_dp": [1.0] * 4, "pos_flips": [1.0] * 4})
+    assert overview(summarize(files, flat))["forecast ρ [95 % CI]"].to_list() == ["n/a (constant over 4 pairs)"]
+
+    ranked = flat.with_columns(pl.Series("forecast_dp", [1.0, 3.0, 0.0, 2.0]))  # the deltas' order: ρ = 1
+    text = overview(summarize(files, ranked))["forecast ρ [95 % CI]"].to_list()
+    assert text == ["+1.00"]  # below 5 pairs: no interval
+
+    assert forecast_text(None, None, None, None) is None  # no forecast (no pairs table)
+    assert forecast_text(float("nan"), float("nan"), float("nan"), 2) == "n/a (2 pairs; needs 3)"
+    assert forecast_text(0.5, 0.1, 0.9, 8) == "+0.50 [+0.10, +0.90]"
 
 
 def test_both_transfer_shares_reach_the_summary_and_the_student_size_figure(tmp_path: Path) -> None:

@@ -16,9 +16,10 @@ from torch import nn
 
 from kt.checkpoints import map_state_dict_in_order
 from kt.errors import KtError
-from kt.models import ModelSpec, create_model, slugify
+from kt.models import ModelSpec, create_model
 from kt.plugins.datasets import FASHION_MNIST_CLASSES
 from kt.preprocess import Preprocessing, normalize, resize_uint8
+from kt.spec import slugify
 
 
 def _random_input(n: int, size: int, seed: int = 0) -> torch.Tensor:

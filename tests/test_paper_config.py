@@ -16,7 +16,8 @@ import yaml
 from PIL import Image
 from test_config import DEFAULT, REPO, SCHEMA, dry_run
 
-from kt.config import check, validate
+from kt.check import check
+from kt.config import validate
 from kt.errors import KtError
 
 PAPER = REPO / "configs" / "paper.yaml"

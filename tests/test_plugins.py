@@ -192,8 +192,8 @@ def test_kt_plugins_command_lists_a_plugin_folder(tmp_path: Path, kt_cli) -> Non
     assert records["kt_local_ones_plugin"]["options"] == {"datasets": {"ones": {"n": 4}},
                                                          "strategies": {"folder_strategy": {}}}
     assert records["kt.plugins.open_clip_source"] == {
-        "name": "kt.plugins.open_clip_source", "origin": "builtin", "status": "loaded",
-        "hooks": ["register_model_sources"], "registered": {"model_sources": ["open_clip"]}}
+        "name": "kt.plugins.open_clip_source", "origin": "builtin", "code": f"kt {kt.__version__}",
+        "status": "loaded", "hooks": ["register_model_sources"], "registered": {"model_sources": ["open_clip"]}}
     # every built-in strategy and dataset shows its options with their defaults
     strategies = records["kt.plugins.strategies"]["options"]["strategies"]
     assert strategies["kl"] == {"temperature": 1.0, "lr": None}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -312,6 +313,15 @@ class NanLoss(KL):
         return super().loss(out) * float("nan")
 
 
+@dataclass
+class NanFromStep6(KL):
+    """A plugin bug that shows late: the loss is NaN from its sixth call on (step 6, in epoch 2 here)."""
+
+    def loss(self, out: Outputs) -> torch.Tensor:
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().loss(out) * (float("nan") if self.calls >= 6 else 1.0)
+
+
 def test_nan_loss_stops_with_a_message_naming_pair_strategy_and_step(tmp_path: Path, pair) -> None:
     registry = plugin_registry("nan_loss", NanLoss)
     with pytest.raises(KtError) as err:
@@ -319,13 +329,34 @@ def test_nan_loss_stops_with_a_message_naming_pair_strategy_and_step(tmp_path: P
     message = str(err.value)
     for part in ("tiny_teacher", "tiny_student", "nan_loss", "step 1", "nan"):
         assert part in message
+    # step 1 comes before any optimiser step: the loss itself, not the learning rate
+    assert "from strategy 'nan_loss' (plugin 'Plugin-0', registered in code), on the untrained student: " \
+           "a bug in the strategy's loss" in message
+    assert "learning rate" not in message
     names = {p.name for p in tmp_path.iterdir()}
     assert not names & {"eval_after.h5", "student.pth", "metrics.parquet"}
 
 
-def test_diverging_lr_stops_with_a_message(tmp_path: Path, pair) -> None:
-    with pytest.raises(KtError, match=r"non-finite loss .* tiny_teacher -> tiny_student \[kl\] at epoch \d+, step \d+"):
+def test_nan_loss_within_the_first_check_window_points_at_the_strategy(tmp_path: Path, pair) -> None:
+    registry = plugin_registry("nan_late", NanFromStep6)
+    with pytest.raises(KtError) as err:
+        transfer(*pair, "nan_late", DATASET, tmp_path, SETTINGS, registry=registry)
+    assert str(err.value) == (
+        "non-finite loss (nan) in tiny_teacher -> tiny_student [nan_late] at epoch 2, step 6, from strategy "
+        "'nan_late' (plugin 'Plugin-0', registered in code), within the first 50 steps: most likely a bug in "
+        "the strategy's loss (e.g. a log of 0, a 0/0 or a mean over no samples on some batch); if the loss is "
+        "sound, the learning rate (now 0.01) is far too high.")
+
+
+def test_diverging_lr_stops_with_a_message(tmp_path: Path, pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the first check window (one step here) a non-finite loss is a divergence: lower the lr."""
+    monkeypatch.setattr(kt.transfer, "CHECK_EVERY", 1)
+    with pytest.raises(KtError) as err:
         transfer(*pair, "kl", DATASET, tmp_path, replace(SETTINGS, lr=1e30, augment="none"))
+    assert re.fullmatch(r"non-finite loss \(\S+\) in tiny_teacher -> tiny_student \[kl\] at epoch 1, step [2-4], "
+                        r"from strategy 'kl' \(built in, kt\.plugins\.strategies\): the run diverged; lower the "
+                        r"learning rate \(now 1e\+30: transfer\.lr, or the strategy's own lr option\) or check the "
+                        r"models' logits\.", str(err.value)), str(err.value)
     assert not {p.name for p in tmp_path.iterdir()} & {"eval_after.h5", "student.pth"}
 
 

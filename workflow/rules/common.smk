@@ -12,30 +12,29 @@ from dataclasses import fields, replace
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
+import kt
 from kt import resources as kt_resources
-from kt.config import check as check_config
-from kt.config import group_name, plugin_folders
+from kt.config import check_files, group_name, plugin_folders
 from kt.config import validate as validate_config
-from kt.data import DatasetInfo, load_split, open_dataset
 from kt.errors import KtError
-from kt.multi import RUN_MODES, SOUP
-from kt.plugins.open_clip_source import prompt_templates
-from kt.registry import get_registry
+from kt.facts import code_record, dataset_fingerprint, facts
+from kt.names import CONTROL, NO_TEACHER, RUN_MODES, SOUP
 from kt.select import fixed_pairs, top_teachers
-from kt.metrics import CONTROL, NO_TEACHER
-from kt.transfer import TransferSettings, make_strategy
+from kt.settings import TransferSettings
 
-
+# Nothing imported here loads torch: a dry run reads the plugins' answers from kt.facts' cache, and
+# imports the plugins (and torch) only when the config, a plugin or a library changed.
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))  # also fills defaults
+    check_files(config)  # every parse: a deleted weights file fails the dry run, cached or not
     # the workflow's own plugins/ (beside the Snakefile, whatever --directory says), then plugin_dirs
     PLUGIN_DIRS = plugin_folders(config, workflow.basedir)
-    REGISTRY = get_registry(PLUGIN_DIRS)
-    MODELS = check_config(config, REGISTRY)  # slug -> kt.models.ModelSpec
+    FACTS = facts(config, PLUGIN_DIRS)
 except KtError as e:
     raise WorkflowError(f"config error: {e}") from None
-for failure in REGISTRY.failures:  # the others keep working; `kt plugins` shows the same
+for failure in FACTS.failures:  # the others keep working; `kt plugins` shows the same
     print(f"kt: warning: {failure}", file=sys.stderr)
+MODELS = FACTS.model_specs()  # slug -> kt.spec.ModelSpec
 
 RESULTS = config["results"]
 ZOO = {m["name"]: m for m in config["zoo"].get("models", [])}
@@ -57,7 +56,7 @@ STRATEGIES = config["transfer"]["strategies"]
 OPTIONS = config["transfer"]["options"]
 # Strategies without a teacher (the `ce` control) run once per student and seed, under the teacher
 # name NO_TEACHER, instead of once per pair.
-TEACHER_FREE = [s for s in STRATEGIES if not make_strategy(s, OPTIONS.get(s, {}), REGISTRY).needs_teacher]
+TEACHER_FREE = FACTS.teacher_free
 PAIRED = [s for s in STRATEGIES if s not in TEACHER_FREE]
 SEEDS = config["transfer"]["seeds"]
 MULTI = config["multi_teacher"]
@@ -87,7 +86,7 @@ TRANSFER_THREADS = config["transfer"]["workers"] + 1
 # usual share: its workers are the job's CPUs minus one), in-memory data one.
 AUTO_EXTRACT_THREADS = 8
 if config["extract"]["workers"] == "auto":
-    EXTRACT_THREADS = AUTO_EXTRACT_THREADS if DatasetInfo.of(open_dataset(config["dataset"], REGISTRY)).decodes else 1
+    EXTRACT_THREADS = AUTO_EXTRACT_THREADS if FACTS.decodes else 1
 else:
     EXTRACT_THREADS = config["extract"]["workers"] + 1
 
@@ -112,8 +111,38 @@ def as_arg(value):
 
 
 def model_files(model):
-    """What a job loading ``model`` waits for: a zoo model's checkpoint, an open_clip model's head."""
-    return [MODELS[model].weights] if model in ZOO else [HEADS[model]] if model in HEADS else []
+    """What a job loading ``model`` waits for: its weights file (a zoo checkpoint built here, or a
+    configured ``weights:`` file: replacing it reruns the model's jobs), an open_clip model's head."""
+    if model not in MODELS:
+        return []
+    weights = [MODELS[model].weights] if MODELS[model].weights else []
+    return weights + ([HEADS[model]] if model in HEADS else [])
+
+
+DATASET_FILES = json.dumps(dataset_fingerprint(config["dataset"]), sort_keys=True)
+KT_CODE = f"kt {kt.__version__}"  # the code of rules that run only kt's own (tables, figures)
+
+
+def code_of(*roles, strategy=None):
+    """Param function: the versions of the code and data a job's result depends on: of the model
+    sources of the models in wildcards ``roles``, the dataset plugin, the strategy (``None``: the
+    ``strategy`` wildcard's, if any; ``""``: none) (kt.facts.code_record: kt's version for built-ins, a folder
+    plugin's file digest, a package's version) and of the dataset's files (kt.facts.dataset_fingerprint).
+    Snakemake reruns a job when a parameter changes: editing a plugin reruns the jobs that used it."""
+
+    def param(wildcards):
+        models = [m for role in roles for m in models_in(wildcards, role)]
+        name = getattr(wildcards, "strategy", None) if strategy is None else strategy
+        record = code_record(FACTS.codes, [MODELS[m].source for m in models], config["dataset"]["name"],
+                             [name] if name else [])
+        return json.dumps(record | {"dataset files": DATASET_FILES}, sort_keys=True)
+
+    return param
+
+
+def models_in(wildcards, role):
+    """The models of wildcard ``role``: its model, or a run's teachers (none, one or a group's)."""
+    return run_teachers(wildcards) if role == "teacher" else [getattr(wildcards, role)]
 
 
 def weights_of(role):
@@ -307,28 +336,17 @@ def all_targets():
 # again just before it schedules a job, when the models' eval logits (the measurements) exist.
 
 
-@functools.cache
-def class_count():
-    try:
-        return len(load_split(config["dataset"], "eval", REGISTRY).classes)
-    except (KtError, OSError):
-        return 1000
-
-
 def head_seconds(wildcards):
     """The text tower over classes x templates, as fast as the image tower (a stand-in)."""
-    prompts = class_count() * len(prompt_templates(HEAD_SPECS[wildcards.model].args.get("templates", "openai")))
+    from kt.plugins.open_clip_source import prompt_templates  # open_clip models only: it imports torch
+
+    prompts = FACTS.classes * len(prompt_templates(HEAD_SPECS[wildcards.model].args.get("templates", "openai")))
     return kt_resources.forward_seconds([model_cost(wildcards.model)], prompts)
 
 
-@functools.cache
 def split_size(split):
-    """Images in a split (``train``: the transfer set), read once per Snakemake process; the
-    ImageNet validation size while the dataset cannot be read."""
-    try:
-        return len(load_split(config["dataset"], split, REGISTRY))
-    except (KtError, OSError):
-        return 50_000
+    """Images in a split (``train``: the transfer set)."""
+    return FACTS.split_sizes[split]
 
 
 MODEL_SIZES = f"{RESULTS}/model_sizes.json"  # written by model_sizes (models built and run on the meta device)

@@ -19,6 +19,7 @@ rule complementarity:
         ),
     params:
         kt=KT,
+        code=KT_CODE,
     log:
         f"{RESULTS}/logs/complementarity.log",
     benchmark:
@@ -42,6 +43,7 @@ checkpoint select_pairs:
         pairs=f"{RESULTS}/pairs.parquet",
     params:
         kt=KT,
+        code=KT_CODE,
         policy=as_arg(config["select"]),
     log:
         f"{RESULTS}/logs/select.log",

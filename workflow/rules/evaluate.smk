@@ -12,6 +12,7 @@ rule evaluate:
         metrics=f"{RUN}/transfer_metrics.parquet",
     params:
         kt=KT,
+        code=KT_CODE,
         run_dir=run_dir,
         control=control_option,
         alpha=config["alpha"],
@@ -48,6 +49,7 @@ rule summarize:
         ),
     params:
         kt=KT,
+        code=KT_CODE,
         similar_within=config["select"]["similar_within"],
     log:
         f"{RESULTS}/logs/summarize.log",

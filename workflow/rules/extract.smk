@@ -9,6 +9,7 @@ rule extract:
         logits=f"{RESULTS}/logits/{{split}}/{{model}}.h5",
     params:
         kt=KT,
+        code=code_of("model"),
         model=spec_of("model"),
         dataset=dataset_arg,
         batch_size=config["extract"]["batch_size"],
@@ -44,6 +45,7 @@ rule model_sizes:
         sizes=MODEL_SIZES,
     params:
         kt=KT,
+        code=KT_CODE,
         models=lambda wildcards: as_arg({m: MODELS[m].to_dict() for m in SIZED}),
     log:
         f"{RESULTS}/logs/model_sizes.log",
@@ -67,6 +69,7 @@ rule zero_shot_head:
         head=f"{RESULTS}/heads/{{model}}.h5",
     params:
         kt=KT,
+        code=code_of("model"),
         model=lambda wildcards: as_arg(HEAD_SPECS[wildcards.model].to_dict()),
         dataset=dataset_arg,
         device=config["device"],

@@ -15,6 +15,7 @@ rule multi_transfer:
         **RUN_OUTPUT,
     params:
         kt=KT,
+        code=code_of("teacher", "student", strategy=MULTI["strategy"]),
         teachers=group_specs,
         student=spec_of("student"),
         dataset=dataset_arg,
@@ -51,6 +52,7 @@ rule soup:
         **RUN_OUTPUT,
     params:
         kt=KT,
+        code=code_of("student", strategy=""),
         members=member_dirs,
         dataset=dataset_arg,
         settings=settings_for(MULTI["strategy"]),

@@ -11,6 +11,7 @@ rule cache_frozen:
         cache=CACHE,
     params:
         kt=KT,
+        code=code_of("teacher", "student"),
         teacher=spec_of("teacher"),
         student=spec_of("student"),
         dataset=dataset_arg,
@@ -44,6 +45,7 @@ rule transfer:
         **RUN_OUTPUT,
     params:
         kt=KT,
+        code=code_of("teacher", "student"),
         teacher=teacher_option,
         student=spec_of("student"),
         dataset=dataset_arg,

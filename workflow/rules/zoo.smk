@@ -6,6 +6,7 @@ rule train_zoo:
         weights=f"{RESULTS}/zoo/{{zoo_model}}.pth",
     params:
         kt=KT,
+        code=code_of("zoo_model"),
         model=zoo_model_arg,
         dataset=zoo_dataset_arg,
         epochs=zoo_setting("epochs"),
