@@ -149,6 +149,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-transfer", action="store_true")
+    ap.add_argument("--skip-deviation", action="store_true")
+    ap.add_argument("--allocators", nargs="+", choices=list(ALLOCATORS), default=list(ALLOCATORS))
     args = ap.parse_args()
     from photos import write_photo_jpegs
 
@@ -160,7 +162,7 @@ def main() -> int:
         best: dict[str, float] = {}
         walls: dict[str, float] = {}
         for _ in range(args.repeats):
-            for allocator in ALLOCATORS:
+            for allocator in args.allocators:
                 key = f"bare [{allocator}]"
                 best[key] = max(best.get(key, 0), bare(args, weights, dataset, allocator, train=False))
                 for workers in (0, 1):
@@ -169,7 +171,7 @@ def main() -> int:
                     if ips > best.get(key, 0):
                         best[key], walls[key] = ips, wall
             if not args.skip_transfer:
-                for allocator in ("glibc", "steady"):
+                for allocator in [a for a in args.allocators if a != "env"]:
                     key = f"bare step [{allocator}]"
                     best[key] = max(best.get(key, 0), bare(args, weights, dataset, allocator, train=True))
                     key = f"kt step W=1 [{allocator}]"
@@ -182,7 +184,8 @@ def main() -> int:
             base = ref if "step" not in key else max(v for k, v in best.items() if k.startswith("bare step"))
             wall = f", wall {walls[key]:.1f} s" if key in walls else ""
             print(f"{key:24s} {value:7.1f} img/s  ratio to best bare {value / base:.2f}{wall}")
-        deviation(args, weights, dataset, folder)
+        if not args.skip_deviation:
+            deviation(args, weights, dataset, folder)
     return 0
 
 

@@ -133,3 +133,35 @@ def test_a_missing_file_is_named_with_its_key(tmp_path: Path) -> None:
     cfg["dataset"] = {"name": "imagefolder", "root": str(tmp_path), "classes_file": str(tmp_path / "c.txt")}
     with pytest.raises(KtError, match=r"dataset\.classes_file: .*c\.txt' is not a file"):
         check_files(cfg)
+
+
+def test_a_plugins_own_option_check_ends_the_parse_in_one_line(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "picky.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+
+        import kt
+        from kt.strategies import KL
+
+        @dataclass
+        class Picky(KL):
+            k: int = 1
+
+            def __post_init__(self):
+                if self.k < 1:
+                    raise ValueError(f"k must be at least 1, got {self.k}")
+
+        @kt.hookimpl
+        def register_strategies(register):
+            register("picky", Picky)
+    '''))
+    cfg = config()
+    cfg["transfer"]["strategies"] = ["picky"]
+    cfg["transfer"]["options"] = {"picky": {"k": 0}}
+    with pytest.raises(KtError) as caught:
+        facts(cfg, [str(plugins)], tmp_path / "cache")
+    assert str(caught.value) == (
+        f"config key transfer.options.picky: strategy 'picky' (plugin 'kt_local_picky', {plugins / 'picky.py'}) "
+        "rejected the options {'k': 0}: ValueError: k must be at least 1, got 0")
+    assert not (tmp_path / "cache").exists()  # an error is never cached
