@@ -15,6 +15,8 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/inputs.smk"
+include: "workflow/rules/resources.smk"
 include: "workflow/rules/zoo.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/complementarity.smk"
@@ -23,7 +25,16 @@ include: "workflow/rules/multi.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+# Jobs of seconds run in the Snakemake process itself, not as cluster jobs that each wait in the
+# queue: sizing models on the meta device, selecting pairs, one run's evaluation, the summary.
+localrules:
+    model_sizes,
+    select_pairs,
+    evaluate,
+    summarize,
+
+
 rule all:
     input:
-        all_targets(),
+        get_targets(),
     default_target: True

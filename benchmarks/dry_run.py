@@ -15,6 +15,12 @@ from it through PYTHONPATH). The SLURM executor plugin's probe at import (``scon
 ~9 s on a machine with slurm-client but no reachable controller) is excluded from every row by a
 stub ``scontrol`` first on PATH.
 
+A row's time minus the baseline's also holds Snakemake's own work per job (building, checking and
+printing each of the paper's ~4,100 jobs), so the warm rows of the current revision are also run
+under cProfile, and the time spent in kt's code is reported on its own: the parse (the rule files'
+module bodies, common.smk's imports included) plus every function of the workflow's rules and of ``kt`` that
+Snakemake calls (input, param and resource functions), inclusive of what they call.
+
     .venv/bin/python benchmarks/dry_run.py --before 1082450       # ~10 minutes on 2 cores
     .venv/bin/python benchmarks/dry_run.py --per-class 100 --repeats 1
 """
@@ -56,6 +62,29 @@ def dry_run(repo: Path, workdir: Path, args: list[str], env: dict[str, str]) -> 
     if done.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
     return seconds
+
+
+def kt_seconds(repo: Path, workdir: Path, args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(seconds in kt's code, seconds of the whole run), both under cProfile, for a warm dry run."""
+    import pstats
+
+    dry_run(repo, workdir, args, env)
+    out = workdir / "profile.out"
+    cmd = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "snakemake", "-n", "--cores", "1",
+           "--snakefile", str(repo / "Snakefile"), "--directory", str(workdir), *args]
+    subprocess.run(cmd, cwd=repo, env=env, capture_output=True, check=True)
+    stats = pstats.Stats(str(out)).stats
+    ours = (str(repo / "kt"), str(repo / "workflow"))  # not the Snakefile: its body is the includes
+
+    def is_ours(func: tuple) -> bool:
+        return func[0].startswith(ours)
+
+    # time entering kt's code from outside it: per call edge (a function that Snakemake and kt both
+    # call counts only its calls from Snakemake), inclusive of what it calls
+    seconds = sum(edge[3] for func, (*_counts, callers) in stats.items() if is_ours(func)
+                  for caller, edge in callers.items() if not is_ours(caller))
+    total = max(ct for _cc, _nc, _tt, ct, _callers in stats.values())
+    return seconds, total
 
 
 def measure(repo: Path, name: str, args: list[str], env: dict[str, str], tmp: Path, repeats: int) -> dict[str, float]:
@@ -114,8 +143,13 @@ def report(repos: dict[str, Path], env: dict[str, str], tmp: Path, args: argpars
         paper = [*default, str(repo / "configs" / "paper.yaml"), "--config", f"dataset={{root: {tmp / 'imagenet'}}}"]
         for name, extra in (("default", default), ("paper", paper)):
             times = measure(repo, f"{label}-{name}", extra, renv, tmp, args.repeats)
-            print(f"{label:8s} {name:8s} cold {times['cold']:6.2f} s (kt {times['cold'] - base:5.2f} s)   "
-                  f"warm {times['warm']:6.2f} s (kt {times['warm'] - base:5.2f} s)")
+            print(f"{label:8s} {name:8s} cold {times['cold']:6.2f} s (- baseline {times['cold'] - base:5.2f} s)   "
+                  f"warm {times['warm']:6.2f} s (- baseline {times['warm'] - base:5.2f} s)")
+            if repo == REPO:
+                workdir = tmp / f"{label}-{name}-profiled"
+                workdir.mkdir()
+                ours, total = kt_seconds(repo, workdir, extra, renv)
+                print(f"{'':17s} warm, profiled: {ours:5.2f} s in kt's code of {total:5.2f} s")
 
 
 if __name__ == "__main__":

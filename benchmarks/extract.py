@@ -38,7 +38,7 @@ best of ``--repeats``:
 * kt: the whole ``extract`` call with ``workers`` W = 0, 1, 2 (wall, which includes listing the
   folder, building the model and starting the workers, and the ``images_per_s`` attr, its batch
   loop: decoding in the workers, resizing, normalising, the forward passes);
-* decode only: one pass of the split's loader (``split.batches(prep, B, workers=W)``, what kt's
+* decode only: one pass of the split's loader (``Loader(split, prep, B, workers=W)``, what kt's
   batch loop iterates, worker start included) with no model, W = 0, 1, 2: where it is below bare,
   decoding limits; where above, the model does.
 
@@ -80,7 +80,7 @@ from machine import machine  # benchmarks/machine.py: scripts run with benchmark
 from PIL import Image
 
 from kt.artifacts import read_logits
-from kt.data import Split, load_split
+from kt.data import Loader, Split, load_split
 from kt.device import autocast
 from kt.errors import KtError
 from kt.extract import extract, prepare
@@ -136,7 +136,7 @@ def with_weights(entry: dict[str, Any], classes: list[str], folder: Path, seed: 
 
 def preprocessed(data: Split, model: Classifier, chunk: int = 1024) -> torch.Tensor:
     """Every image of ``data`` resized and normalised for ``model``: one contiguous float tensor."""
-    parts = [normalize(images, model.preprocess) for images, _, _ in data.batches(model.preprocess, chunk)]
+    parts = [normalize(images, model.preprocess) for images, _, _ in Loader(data, model.preprocess, chunk).batches()]
     return torch.cat(parts).contiguous()
 
 
@@ -246,7 +246,7 @@ def decode_pass(data: Split, prep: Preprocessing, batch_size: int, workers: int)
     """Images/s of one pass of the split's loader alone (decode + resize, no model): what kt's batch
     loop iterates, workers started for the pass as in ``extract``."""
     t0 = time.perf_counter()
-    n = sum(len(pos) for _, _, pos in data.batches(prep, batch_size, workers=workers))
+    n = sum(len(pos) for _, _, pos in Loader(data, prep, batch_size, workers).batches())
     return n / (time.perf_counter() - t0)
 
 

@@ -106,6 +106,14 @@ class LogitsWriter:
         self._start, self._rows, self._bytes, self._parts = stop, 0, 0, []
 
 
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in % of ``scores``: (N, C) logits, or the (N,) predicted classes. The one
+    definition behind every accuracy kt writes or logs (logits attrs, metrics.parquet, `kt inspect`),
+    so the same predictions always give the same number, to the last bit."""
+    predicted = scores.argmax(1) if scores.ndim == 2 else scores
+    return float((predicted == labels).mean() * 100)
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that shaped an artifact's numbers."""
     import timm
@@ -133,7 +141,7 @@ def logits_attrs(spec: ModelSpec, model: Classifier, data: Split, dataset: dict[
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if logits is not None:
-        attrs["accuracy"] = float((logits.argmax(1) == data.labels).mean() * 100)
+        attrs["accuracy"] = top1(logits, data.labels)
     return attrs
 
 
@@ -181,7 +189,7 @@ class LogitsFile:
     @property
     def accuracy(self) -> float:
         """Top-1 accuracy in % recomputed from the arrays."""
-        return float((self.predictions == self.labels).mean() * 100)
+        return top1(self.logits, self.labels)
 
 
 def open_h5(path: str | Path, mode: str = "r") -> h5py.File:

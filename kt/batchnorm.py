@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kt.data import Split
+from kt.data import Loader, Split
 from kt.preprocess import normalize
 
 
@@ -26,6 +26,6 @@ def recalibrate_batchnorm(model: torch.nn.Module, data: Split, batch_size: int, 
     device = next(model.parameters()).device  # the batches go where the model is (a GPU for a soup)
     model.train()
     with torch.no_grad():
-        for images, _labels, _pos in data.batches(model.preprocess, batch_size, positions=order, device=device):
+        for images, _labels, _pos in Loader(data, model.preprocess, batch_size, device=device).batches(order):
             model(normalize(images.to(device, non_blocking=True), model.preprocess))
     model.eval()

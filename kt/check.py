@@ -12,7 +12,7 @@ from kt.data import Dataset, DatasetInfo, check_augment, open_dataset
 from kt.errors import KtError, closest
 from kt.models import ModelSource, ModelSpec
 from kt.registry import Registry, get_registry
-from kt.settings import make_strategy
+from kt.strategies import make_strategy
 
 
 def zoo_specs(config: dict[str, Any], dataset: Dataset) -> dict[str, ModelSpec]:

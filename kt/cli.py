@@ -220,19 +220,18 @@ def cmd_model_sizes(args: argparse.Namespace) -> None:
 
 
 @command(MODEL, DATASET, arg("--device", default=DEVICE, help="auto (GPU if given one), cpu, cuda, cuda:N"),
-         arg("--out", required=True, help="HDF5 file of the head"))
-def cmd_zero_shot_head(args: argparse.Namespace) -> None:
-    """Build an open_clip model's zero-shot head once (text tower over classes x templates) and store it."""
+         arg("--out", required=True, help="HDF5 file of the artifact"))
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """Build a model's preparation artifact once (its source's ``prepare``; open_clip: the zero-shot head)."""
     from kt.data import load_split
     from kt.device import pick_device
-    from kt.plugins.open_clip_source import write_head
 
-    spec = _spec(args.model)
-    if spec.source != "open_clip":
-        raise KtError(f"model {spec.slug!r} is not an open_clip model: only those build a zero-shot head.")
-    classes = load_split(args.dataset, "eval", _registry(args)).classes
-    attrs = write_head(spec, classes, args.out, pick_device(args.device))
-    print(f"{spec.slug}: zero-shot head of {len(attrs['classes'])} classes, {attrs['templates']} templates: {args.out}")
+    spec, registry = _spec(args.model), _registry(args)
+    source = registry.get("model_sources", spec.source)
+    classes = load_split(args.dataset, "eval", registry).classes
+    if source.preparation(spec, classes) is None:
+        raise KtError(f"model {spec.slug!r}: {spec.source} models need no preparation.")
+    print(f"{spec.slug}: {source.prepare(spec, classes, Path(args.out), pick_device(args.device))}: {args.out}")
 
 
 @command(MODEL, DATASET, arg("--out", required=True),

@@ -48,20 +48,32 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
 
 class BatchBackoff:
     """Runs ``fn`` on a batch in sub-batches, halving their size on GPU out-of-memory and remembering
-    the size that fit, as timm's validate.py does at the process level."""
+    the size that fit, as timm's validate.py does at the process level. The one back-off of kt:
+    extraction and evaluation (:meth:`__call__`) and the training step (:meth:`over`, which also
+    resets the accumulated gradients before a retry). ``name`` prefixes its warnings."""
 
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, name: str = "") -> None:
         self.size = max_batch
+        self.name = name
 
     def __call__(self, fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> list[T]:
+        return self.over(len(x), lambda rows: fn(x[rows]))
+
+    def over(self, n: int, fn: Callable[[slice], T], reset: Callable[[], None] | None = None) -> list[T]:
+        """``fn`` on consecutive slices of ``range(n)`` of at most :attr:`size` rows. On out-of-memory:
+        ``reset()`` (undo what the failed parts did), halve the size and redo every part; at size 1
+        the error is raised."""
         while True:
             try:
-                return [fn(x[i:i + self.size]) for i in range(0, len(x), self.size)]
+                return [fn(slice(i, i + self.size)) for i in range(0, n, self.size)]
             except torch.OutOfMemoryError:
                 if self.size == 1:
                     raise
                 self.size = max(1, self.size // 2)
-                log.warning("out of memory: retrying with batch size %d", self.size)
+                log.warning("%sout of memory: retrying with batch size %d", f"{self.name}: " if self.name else "",
+                            self.size)
+                if reset is not None:
+                    reset()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
 

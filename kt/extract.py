@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from kt.artifacts import LogitsWriter, atomic_path, logits_attrs, open_h5, set_attrs
+from kt.artifacts import LogitsWriter, atomic_path, logits_attrs, open_h5, set_attrs, top1
 from kt.data import Loader, Split, Views, load_split
 from kt.device import BatchBackoff, autocast, pick_device
 from kt.errors import KtError
@@ -104,7 +105,7 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
     dev = pick_device(device)
     model = prepare(model, dev)
     backoff = BatchBackoff(batch_size)
-    correct, busy = 0, 0.0
+    predicted, busy = np.zeros(len(data), dtype=np.int64), 0.0  # top-1 of the float32 logits, not the stored dtype
     with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
         writer = None
         bar = tqdm(total=len(data), desc=f"extract {spec.slug} [{split}]", unit="img", mininterval=2)
@@ -120,13 +121,13 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
                 writer = LogitsWriter(f, data.ids, data.labels, logits.shape[1],
                                       feats.shape[1] if feats is not None else None, dtype=dtype)
             writer.write(int(pos[0]), logits.numpy(), feats.numpy() if feats is not None else None)
-            correct += int((logits.argmax(1).numpy() == data.labels[pos.numpy()]).sum())
+            predicted[pos.numpy()] = logits.argmax(1).numpy()
             bar.update(len(pos))
         bar.close()
         if writer is not None:
             writer.flush()
         attrs = logits_attrs(spec, model, data, dataset) | {
-            "accuracy": 100.0 * correct / len(data), "images_per_s": len(data) / max(busy, 1e-9),
+            "accuracy": top1(predicted, data.labels), "images_per_s": len(data) / max(busy, 1e-9),
             "device": str(dev), "batch_size": backoff.size, "workers": workers, "dtype": dtype, "decode": decode,
             "code": json.dumps(code_record((registry or get_registry()).code_table(), [spec.source], dataset["name"]))}
         set_attrs(f, attrs)

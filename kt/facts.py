@@ -22,7 +22,7 @@ from kt.registry import ENTRY_POINT_GROUP, entry_points_enabled, file_digest
 from kt.spec import ModelSpec
 
 CACHE_DIR = Path(".snakemake") / "kt"
-FORMAT = 1  # bump when Facts changes shape
+FORMAT = 2  # bump when Facts changes shape
 LIBRARIES = ("kt", "torch", "torchvision", "timm", "open_clip_torch")  # their versions change listings and checks
 FOLDER_DEPTH = 2  # dataset folders fingerprinted down to root/split/class: where an ImageFolder's files live
 
@@ -37,6 +37,7 @@ class Facts:
     classes: int  # the dataset's label space
     split_sizes: dict[str, int]  # images in the train (transfer) and eval splits, subset applied
     codes: dict[str, dict[str, str]]  # kind -> registered name -> its code's version (Registry.code_table)
+    preparations: dict[str, int]  # slug -> cost in images of a model's preparation (ModelSource.preparation)
     failures: list[str]  # plugins that failed to load
 
     def model_specs(self) -> dict[str, ModelSpec]:
@@ -67,7 +68,7 @@ def compute(config: dict[str, Any], plugin_dirs: list[str]) -> Facts:
     from kt.check import check
     from kt.data import SPLITS, DatasetInfo, load_split, open_dataset
     from kt.registry import get_registry
-    from kt.settings import make_strategy
+    from kt.strategies import make_strategy
 
     registry = get_registry(plugin_dirs)
     specs = check(config, registry)
@@ -76,9 +77,12 @@ def compute(config: dict[str, Any], plugin_dirs: list[str]) -> Facts:
                     if not make_strategy(s, options.get(s, {}), registry).needs_teacher]
     dataset = open_dataset(config["dataset"], registry)
     sizes = {split: len(load_split(config["dataset"], split, registry)) for split in SPLITS}
+    costs = {slug: registry.get("model_sources", spec.source).preparation(spec, dataset.classes)
+             for slug, spec in specs.items()}
     return Facts(specs={slug: spec.to_dict() for slug, spec in specs.items()}, teacher_free=teacher_free,
                  decodes=DatasetInfo.of(dataset).decodes, classes=len(dataset.classes), split_sizes=sizes,
-                 codes=registry.code_table(), failures=[str(f) for f in registry.failures])
+                 codes=registry.code_table(), preparations={m: c for m, c in costs.items() if c is not None},
+                 failures=[str(f) for f in registry.failures])
 
 
 def cache_key(config: dict[str, Any], plugin_dirs: list[str]) -> str:

@@ -13,7 +13,6 @@ only, no teacher), every run is also compared with it, per sample.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from kt.names import CONTROL, NO_TEACHER
 from kt.schema import default
 from kt.select import SIMILAR_WITHIN, bin_expr
 from kt.stats import bootstrap_ci, delta_ci, mcnemar_p, spearman
+from kt.transfer.run_folder import RunFolder
 
 SAME_RUN_FIX = "rerun both steps on the same dataset config."
 ALPHA = default("alpha")
@@ -114,8 +114,8 @@ def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | P
     """Long-format metrics of one run folder: columns strategy, teacher, student, members,
     base_strategy, seed, metric, value. ``teacher_logits``: one file, or one per member of a group;
     ``control``: the control run's ``eval_after.h5`` for the same student and seed."""
-    run_dir = Path(run_dir)
-    before, after = read_logits(run_dir / "eval_before.h5"), read_logits(run_dir / "eval_after.h5")
+    folder = RunFolder(run_dir)
+    before, after = read_logits(folder.before), read_logits(folder.after)
     check_same_samples(before, after, SAME_RUN_FIX)
     files = [teacher_logits] if isinstance(teacher_logits, str | Path) else list(teacher_logits or [])
     teacher_pred, teacher_attrs = [], []
@@ -133,8 +133,7 @@ def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | P
         control_pred = reference.predictions
     values = run_metrics(before.predictions, after.predictions, np.stack(teacher_pred), before.labels,
                          before.logits.shape[1], alpha, control_pred)
-    config_file = run_dir / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    config = folder.read_config() if folder.complete else {}
     members = ",".join(config.get("members", [])) or teacher
     keys = {"strategy": strategy, "teacher": teacher, "student": student, "members": members,
             "base_strategy": config.get("base_strategy"), "seed": config.get("settings", {}).get("seed", 0)}

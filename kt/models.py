@@ -114,6 +114,19 @@ class ModelSource(ABC):
         """The architecture part of the name, without a pretrained tag."""
         return arch
 
+    def preparation(self, spec: ModelSpec, classes: list[str]) -> int | None:
+        """Whether ``spec`` needs an artifact built once before any job loads it (open_clip: its
+        zero-shot head, built by the text tower), and its cost in images' worth of forward passes
+        (sizes the job); None (the default): no preparation. The workflow builds it with
+        :meth:`prepare` (``kt prepare``, rule ``prepare_model``) into ``results/prepared/{model}.h5``
+        and hands its path to :meth:`create` as ``spec.args[kt.spec.PREPARED_ARG]``."""
+        return None
+
+    def prepare(self, spec: ModelSpec, classes: list[str], out: Path, device: torch.device) -> str:
+        """Build the preparation artifact of ``spec`` into ``out`` (atomically); return one line
+        saying what was built."""
+        raise KtError(f"{spec.source} models need no preparation.")
+
     tag_separator = "/"  # between architecture and weight tag in an id (timm: ".")
 
     def list_models(self, pattern: str = "*", pretrained: bool = False) -> list[str]:

@@ -35,7 +35,10 @@ from kt.extract import prepare
 from kt.models import ModelSpec, create_model
 from kt.registry import Registry, get_registry
 from kt.schema import choices, defaults
-from kt.transfer import TransferSettings, epoch_row, epoch_table, eval_logits, transfer, write_record, write_run
+from kt.settings import TransferSettings
+from kt.transfer.evaluation import epoch_row, epoch_table, eval_logits, write_run
+from kt.transfer.loop import transfer
+from kt.transfer.run_folder import RunFolder
 
 ORDERS = choices("multi_teacher", "order")
 SOUP_BATCHNORM = choices("multi_teacher", "soup_batchnorm")
@@ -75,7 +78,7 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
     Stages live in ``out_dir/stages/{k}_{teacher}/``; the group's folder gets the first stage's
     ``eval_before.h5``, the last stage's results and per-epoch metrics over all stages (``stage``,
     ``stage_teacher`` columns; epochs counted across stages)."""
-    out = Path(out_dir)
+    out = RunFolder(out_dir)
     registry = registry or get_registry()
     settings = settings or TransferSettings()
     stages = curriculum(teachers, accuracies, order) if accuracies is not None else list(teachers)
@@ -83,36 +86,38 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
                 "members": [t.slug for t in stages]}
     current, previous_after, frames = student, before, []
     for k, teacher in enumerate(stages, 1):
-        stage = out / "stages" / f"{k}_{teacher.slug}"
+        stage = out.stage(k, teacher.slug)
         if finished(stage, teacher, current, settings):  # done earlier: resume after it
-            metrics = pl.read_parquet(stage / "metrics.parquet")
+            metrics = pl.read_parquet(stage.metrics)
         else:  # missing, unfinished (resumes from its state.pt) or from another curriculum (redone)
-            if (stage / "config.json").exists():
-                shutil.rmtree(stage)
-            metrics = transfer(teacher, current, strategy, dataset, stage, settings, registry=registry,
+            if stage.complete:
+                shutil.rmtree(stage.path)
+            metrics = transfer(teacher, current, strategy, dataset, stage.path, settings, registry=registry,
                                before=previous_after, extra_config={"stage": k} | extra_config)
         shift = (k - 1) * settings.epochs
         frames.append(metrics.filter(pl.col("epoch") > 0 if k > 1 else pl.lit(True)).with_columns(
             pl.col("epoch") + shift, pl.lit(k).alias("stage"), pl.lit(teacher.slug).alias("stage_teacher")))
-        current = replace(student, weights=str(stage / "student.pth"))
-        previous_after = stage / "eval_after.h5"
+        current = replace(student, weights=str(stage.weights))
+        previous_after = stage.after
     metrics = pl.concat(frames).with_columns(pl.lit("sequential").alias("strategy"), pl.lit(group).alias("teacher"))
-    first, last = out / "stages" / f"1_{stages[0].slug}", out / "stages" / f"{len(stages)}_{stages[-1].slug}"
-    config = json.loads((last / "config.json").read_text()) | extra_config | {
+    first, last = out.stage(1, stages[0].slug), out.stage(len(stages), stages[-1].slug)
+    config = last.read_config() | extra_config | {
         "teacher": None, "teachers": [t.to_dict() for t in stages], "student": student.to_dict()}
     config.pop("stage")
-    copy_atomic(first / "eval_before.h5", out / "eval_before.h5")
-    for name in ("eval_after.h5", "student.pth"):  # the last stage's result is the group's
-        copy_atomic(last / name, out / name)
-    write_record(out, config, metrics)
+    copy_atomic(first.before, out.before)
+    for name in ("after", "weights"):  # the last stage's result is the group's
+        copy_atomic(last.file(name), out.file(name))
+    out.write_record(config, metrics)
     return metrics
 
 
-def finished(stage: Path, teacher: ModelSpec, student: ModelSpec, settings: TransferSettings) -> bool:
+def finished(stage: str | Path | RunFolder, teacher: ModelSpec, student: ModelSpec, settings: TransferSettings
+             ) -> bool:
     """Whether ``stage`` holds a complete run of exactly this teacher, starting student and settings."""
-    if not (stage / "config.json").exists():
+    stage = stage if isinstance(stage, RunFolder) else RunFolder(stage)
+    if not stage.complete:
         return False
-    done = json.loads((stage / "config.json").read_text())
+    done = stage.read_config()
     return (done.get("teacher") == teacher.to_dict() and done.get("student") == student.to_dict()
             and done.get("digest") == settings.digest())
 
@@ -174,32 +179,33 @@ def soup(member_runs: Sequence[str | Path], dataset: dict[str, Any], out_dir: st
                       f"use one of {SOUP_BATCHNORM}.")
     registry = registry or get_registry()
     settings = settings or TransferSettings()
-    runs = [Path(r) for r in member_runs]
+    runs = [RunFolder(r) for r in member_runs]
     configs = []
     for run in runs:
-        if not (run / "config.json").exists():
-            raise KtError(f"soup member {run} is not a finished transfer run (no config.json); run it first.")
-        configs.append(json.loads((run / "config.json").read_text()))
-    check_same_student([c["student"] for c in configs], [str(r) for r in runs])
+        if not run.complete:
+            raise KtError(f"soup member {run.path} is not a finished transfer run (no {run.config.name}); "
+                          "run it first.")
+        configs.append(run.read_config())
+    check_same_student([c["student"] for c in configs], [str(r.path) for r in runs])
     student = ModelSpec.parse(configs[0]["student"])
     dev = pick_device(settings.device)
     evald = load_split(dataset, "eval", registry)
     model = create_model(student, evald.classes, registry)
     model.body.load_state_dict(average_state_dicts(
-        [torch.load(r / "student.pth", map_location="cpu", weights_only=True) for r in runs]))
+        [torch.load(r.weights, map_location="cpu", weights_only=True) for r in runs]))
     model = prepare(model, dev)
     if batchnorm == "recalibrate":
         train = load_split(dataset, "train", registry)
         recalibrate_batchnorm(model, train, settings.batch_size, torch.Generator().manual_seed(settings.seed))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    copy_atomic(runs[0] / "eval_before.h5", out / "eval_before.h5")
-    before = read_logits(out / "eval_before.h5").logits
+    out = RunFolder(out_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
+    copy_atomic(runs[0].before, out.before)
+    before = read_logits(out.before).logits
     after = eval_logits(model, evald, settings, dev)
-    members = [ModelSpec.parse(c["teacher"]).slug if c.get("teacher") else str(r)
+    members = [ModelSpec.parse(c["teacher"]).slug if c.get("teacher") else str(r.path)
                for c, r in zip(configs, runs, strict=True)]
     base = configs[0]["strategy"]
-    config = {"mode": "soup", "group": group, "members": members, "member_runs": [str(r) for r in runs],
+    config = {"mode": "soup", "group": group, "members": members, "member_runs": [str(r.path) for r in runs],
               "strategy": base, "base_strategy": base, "batchnorm": batchnorm, "student": student.to_dict(),
               "dataset": dataset, "settings": configs[0]["settings"]}
     epochs = configs[0]["settings"]["epochs"]

@@ -176,3 +176,26 @@ def transfer_seconds(student: ModelCost, teachers: list[ModelCost], *, train_ima
 def forward_seconds(models: list[ModelCost], images: int) -> float:
     """Inference of every model over ``images`` (extraction, a frozen-output cache, a soup's evaluation)."""
     return sum(images / m.images_per_s for m in models)
+
+
+AUTO_EXTRACT_THREADS = 8  # extract.workers auto on image files: a GPU node's usual CPU share per job
+SMALL_JOB = {"mem_mb": 2000, "runtime": 10}  # tables and figures from logits: evaluate, summarize, select
+ZOO_JOB = {"mem_mb": 2000, "runtime": 60}  # a zoo model: 28-px images, a few epochs
+
+
+def model_sizes_minutes(models: int) -> int:
+    """~0.3 s a model on the meta device, with start-up."""
+    return 10 + models // 100
+
+
+def complementarity_mb(models: int, eval_images: int, attempt: int = 1) -> int:
+    """Per model and eval sample: correctness and two float32 statistics held (9 B), the table's
+    block working memory and libraries on top (benchmarks/README.md, section complementarity)."""
+    held = models * eval_images * 9 / 2**20
+    return int(math.ceil((BASE_MB + 2 * held) * attempt / 500) * 500)
+
+
+def complementarity_seconds(models: int, eval_images: int) -> float:
+    """Per 50,000 eval samples: loading ~0.25 s a file (1000 classes) and the table ~30 us a pair
+    on 2 cores (benchmarks/README.md, section complementarity)."""
+    return eval_images / 50_000 * (0.25 * models + 3e-5 * models**2)

@@ -1,5 +1,5 @@
-"""A transfer's settings and its strategy, importable without torch: the workflow builds every
-configured strategy at parse time (to learn whether it needs a teacher and to check its options)."""
+"""A transfer's settings, importable without torch: the workflow reads their fields at parse time to
+pass each rule its settings. Strategies are built by :func:`kt.strategies.make_strategy`, which needs torch."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kt.errors import KtError
 from kt.schema import default, defaults
 
 if TYPE_CHECKING:
-    from kt.registry import Registry
     from kt.strategies import Strategy
 
 _DEFAULTS = defaults("transfer")
@@ -51,18 +49,3 @@ class TransferSettings:
         return hashlib.sha256(json.dumps({k: v for k, v in asdict(self).items() if k not in skip},
                                          sort_keys=True).encode()).hexdigest()[:16]
 
-
-def make_strategy(name: str, options: dict[str, Any], registry: Registry) -> Strategy:
-    """The strategy registered as ``name``, built with its config options; whatever its own checks
-    raise ends as one line naming the config key and the plugin."""
-    factory = registry.get("strategies", name)
-    try:
-        return factory(**options)
-    except KtError:
-        raise
-    except TypeError as e:
-        raise KtError(f"strategy {name!r} does not accept options {sorted(options)} "
-                      f"(config key transfer.options.{name}): {e}.") from None
-    except Exception as e:  # noqa: BLE001 - a plugin's own validation (ValueError, assert, ...)
-        raise KtError(f"config key transfer.options.{name}: {registry.who('strategies', name)} rejected the "
-                      f"options {options}: {type(e).__name__}: {e}") from None

@@ -9,6 +9,8 @@ from typing import Any
 
 from kt.errors import KtError
 
+PREPARED_ARG = "prepared"  # args key: the model's preparation artifact (kt.models.ModelSource.preparation)
+
 
 def slugify(text: str) -> str:
     """A path- and wildcard-safe name: ``timm:resnet50.a1_in1k`` -> ``timm__resnet50_a1_in1k``."""

@@ -7,13 +7,19 @@ devices, AMP, seeding and checkpoints. Definitions follow Roth et al. (ICLR 2024
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from kt.errors import KtError
+
+if TYPE_CHECKING:
+    from kt.registry import Registry
+
+log = logging.getLogger("kt")
 
 
 @dataclass
@@ -55,6 +61,34 @@ def most_confident(candidates: torch.Tensor, labels: torch.Tensor | None) -> tor
     return conf.argmax(0)  # argmax returns the first of equal maxima
 
 
+class Loss(NamedTuple):
+    """What :meth:`Strategy.loss` returns when it partitions the batch: the loss, and where a teacher
+    was the target (bool ``(B,)``), whose share is the ``teacher_share`` column of metrics.parquet.
+    Returned rather than stored on the strategy, so the mask always belongs to the loss it came with."""
+
+    value: torch.Tensor
+    teacher_mask: torch.Tensor | None = None
+
+
+_WARNED_LAST_MASK: set[str] = set()
+
+
+def as_loss(result: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None], strategy: object | None = None) -> Loss:
+    """:meth:`Strategy.loss`'s result as a :class:`Loss`: a bare tensor (no partition) or a ``(loss, mask)``
+    pair. Deprecated fallback: a strategy that returns a bare tensor but sets ``self.last_mask`` (the
+    contract before :class:`Loss`) still gets its mask read, with a warning once per class."""
+    if isinstance(result, tuple):
+        return result if isinstance(result, Loss) else Loss(*result)
+    mask = getattr(strategy, "last_mask", None)
+    if mask is not None:
+        name = type(strategy).__qualname__
+        if name not in _WARNED_LAST_MASK:
+            _WARNED_LAST_MASK.add(name)
+            log.warning("strategy %s sets last_mask, which is deprecated: return kt.strategies.Loss(loss, "
+                        "teacher_mask) from loss() instead (docs/plugins.md)", name)
+    return Loss(result, mask)
+
+
 @dataclass
 class Strategy:
     """Base class; subclasses implement :meth:`loss`. Fields are settable from the config."""
@@ -64,9 +98,9 @@ class Strategy:
     needs_teacher: bool = field(default=True, init=False)
     needs_initial: bool = field(default=False, init=False)
     multi_teacher: bool = field(default=False, init=False)  # reads every teacher of Outputs.teachers
-    last_mask: torch.Tensor | None = field(default=None, init=False, repr=False)  # where the teacher was the target
 
-    def loss(self, out: Outputs) -> torch.Tensor:
+    def loss(self, out: Outputs) -> torch.Tensor | Loss:
+        """The batch's loss: a scalar tensor, or a :class:`Loss` when the strategy partitions the batch."""
         raise NotImplementedError
 
     def configure(self, batch_size: int) -> None:
@@ -134,12 +168,11 @@ class KLDP(Strategy):
         self.needs_initial = True
         self.multi_teacher = True
 
-    def loss(self, out: Outputs) -> torch.Tensor:
+    def loss(self, out: Outputs) -> Loss:
         candidates = torch.stack([out.initial, *out.teachers])
         pick = most_confident(candidates, out.labels if self.supervised else None)
-        self.last_mask = pick > 0
         target = candidates[pick, torch.arange(len(pick), device=pick.device)]
-        return kl_div(out.student, target, self.temperature).mean()
+        return Loss(kl_div(out.student, target, self.temperature).mean(), teacher_mask=pick > 0)
 
 
 @dataclass
@@ -216,3 +249,19 @@ class XEKLMCL(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.slow = state.get("slow")
+
+
+def make_strategy(name: str, options: dict[str, Any], registry: Registry) -> Strategy:
+    """The strategy registered as ``name``, built with its config options; whatever its own checks
+    raise ends as one line naming the config key and the plugin."""
+    factory = registry.get("strategies", name)
+    try:
+        return factory(**options)
+    except KtError:
+        raise
+    except TypeError as e:
+        raise KtError(f"strategy {name!r} does not accept options {sorted(options)} "
+                      f"(config key transfer.options.{name}): {e}.") from None
+    except Exception as e:  # noqa: BLE001 - a plugin's own validation (ValueError, assert, ...)
+        raise KtError(f"config key transfer.options.{name}: {registry.who('strategies', name)} rejected the "
+                      f"options {options}: {type(e).__name__}: {e}") from None

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import kt
-from kt.strategies import Outputs, Strategy, kl_div
+from kt.strategies import Loss, Outputs, Strategy, kl_div
 
 
 @dataclass
@@ -27,11 +25,11 @@ class KLCorrect(Strategy):
 
     temperature: float = 1.0
 
-    def loss(self, out: Outputs) -> torch.Tensor:
+    def loss(self, out: Outputs) -> Loss:
         right = out.teacher.argmax(1) == out.labels
-        self.last_mask = right  # the metrics' teacher_share: share of samples taught by the teacher
         per_sample = kl_div(out.student, out.teacher, self.temperature) * right
-        return per_sample.sum() / right.sum().clamp(min=1)
+        # the mask gives the metrics' teacher_share: the share of samples taught by the teacher
+        return Loss(per_sample.sum() / right.sum().clamp(min=1), teacher_mask=right)
 
 
 @kt.hookimpl

@@ -22,14 +22,15 @@ from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import Preprocessing, normalize
 from kt.registry import Registry
 from kt.strategies import Outputs, kl_div
-from kt.transfer import TransferSettings, make_strategy, transfer
+from kt.transfer import TransferSettings, make_strategy, transfer  # make_strategy: re-exported from kt.strategies
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "plugins.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
 MARKER = re.compile(r"# example: (.+)")
 HOOKS = {"model source": "register_model_sources", "any-name model source": "register_model_sources",
-         "dataset": "register_datasets", "strategy": "register_strategies"}
+         "preparing model source": "register_model_sources", "dataset": "register_datasets",
+         "strategy": "register_strategies"}
 
 
 def doc_examples() -> dict[str, str]:
@@ -299,13 +300,13 @@ def test_strategy_worked_loss(strategies: Registry) -> None:
         0.6, True, False, False)
     teacher = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
     student = torch.zeros(2, 2, requires_grad=True)
-    loss = strategy.loss(Outputs(student=student, teachers=[teacher]))
+    loss, mask = strategy.loss(Outputs(student=student, teachers=[teacher]))
     p = math.exp(2) / (math.exp(2) + 1)
     by_hand = p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p))
     assert loss.item() == pytest.approx(by_hand, abs=1e-6) and by_hand == pytest.approx(0.3278, abs=1e-4)
     log_t = torch.log_softmax(teacher[0], 0)
     assert loss.item() == pytest.approx(float((log_t.exp() * (log_t - math.log(0.5))).sum()), abs=1e-6)
-    assert strategy.last_mask.tolist() == [True, False]
+    assert mask.tolist() == [True, False]  # returned with the loss: the teacher_share of metrics.parquet
     loss.backward()
     assert student.grad[1].abs().sum() == 0 and student.grad[0].abs().sum() > 0
     torch.testing.assert_close(student.grad[0], torch.tensor([0.5 - p, p - 0.5]))  # softmax(student) - p
@@ -313,7 +314,7 @@ def test_strategy_worked_loss(strategies: Registry) -> None:
     hot = make_strategy("kl_confident", {"temperature": 2.0}, strategies)
     log_t, log_s = torch.log_softmax(teacher[0] / 2, 0), torch.log_softmax(torch.zeros(2), 0)
     expected = float((log_t.exp() * (log_t - log_s)).sum()) * 4
-    assert hot.loss(Outputs(student=torch.zeros(2, 2), teachers=[teacher])).item() == pytest.approx(expected)
+    assert hot.loss(Outputs(student=torch.zeros(2, 2), teachers=[teacher])).value.item() == pytest.approx(expected)
 
 
 def test_strategy_on_random_logits(strategies: Registry) -> None:
@@ -321,14 +322,14 @@ def test_strategy_on_random_logits(strategies: Registry) -> None:
     student = torch.randn(8, 10, generator=g).requires_grad_()
     teacher = torch.randn(8, 10, generator=g) * 3
     everywhere = make_strategy("kl_confident", {"threshold": 0.0}, strategies)
-    loss = everywhere.loss(Outputs(student=student, teachers=[teacher]))
+    loss, mask = everywhere.loss(Outputs(student=student, teachers=[teacher]))
     assert loss.dim() == 0 and loss.requires_grad and torch.isfinite(loss)
     torch.testing.assert_close(loss, kl_div(student, teacher).mean())
-    assert everywhere.last_mask.all()
+    assert mask.all()
 
     nowhere = make_strategy("kl_confident", {"threshold": 1.01}, strategies)
-    loss = nowhere.loss(Outputs(student=student, teachers=[teacher]))
-    assert loss.item() == 0.0 and torch.isfinite(loss) and not nowhere.last_mask.any()
+    loss, mask = nowhere.loss(Outputs(student=student, teachers=[teacher]))
+    assert loss.item() == 0.0 and torch.isfinite(loss) and not mask.any()
     loss.backward()
     assert torch.equal(student.grad, torch.zeros_like(student))
 
@@ -371,3 +372,18 @@ def test_the_three_examples_run_a_transfer(tmp_path: Path) -> None:
                            ["red", "green", "blue"], registry)
     images, _, _ = next(load_split(dataset, "eval", registry).batches(trained.preprocess, 12))
     assert trained(normalize(images, trained.preprocess)).shape == (12, 3)
+
+
+def test_the_preparing_source_builds_its_artifact_once_and_loads_it(tmp_path: Path) -> None:
+    registry = registry_of("preparing model source")
+    source = registry.get("model_sources", "proto")
+    spec, classes = ModelSpec(id="proto:names"), ["cat", "dog", "fish"]
+    assert source.preparation(spec, classes) == 3
+    assert source.prepare(spec, classes, tmp_path / "p.h5", torch.device("cpu")) == "3 prototypes"
+    assert not list(tmp_path.glob(".*"))  # written atomically: no temporary file left
+    prepared = create_model(ModelSpec(id="proto:names", args={"prepared": str(tmp_path / "p.h5")}), classes, registry)
+    direct = create_model(spec, classes, registry)
+    x = torch.rand(4, 3, 8, 8)
+    torch.testing.assert_close(prepared(x), direct(x))  # the stored prototypes are the ones it derives
+    with pytest.raises(KtError, match="prepared for other classes"):
+        create_model(ModelSpec(id="proto:names", args={"prepared": str(tmp_path / "p.h5")}), ["cat"], registry)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import kt
-from kt.artifacts import FORMAT_VERSION, read_logits, row_chunks
+from kt.artifacts import FORMAT_VERSION, read_logits, row_chunks, top1
 from kt.data import load_split
 from kt.device import BatchBackoff
 from kt.errors import KtError
@@ -110,6 +110,8 @@ def test_extract_accuracy_matches_logits_and_a_plain_loop(extracted, plain_logit
     assert data.attrs["accuracy"] == pytest.approx(recomputed, abs=1e-9)
     assert recomputed == pytest.approx(plain_top1, abs=1e-9)
     assert data.accuracy == pytest.approx(plain_top1, abs=1e-9)
+    assert data.attrs["accuracy"] == data.accuracy == top1(data.logits, data.labels)  # one definition, same bits
+    assert top1(data.predictions, data.labels) == data.accuracy  # predicted classes or logits alike
     # 200 samples: accuracy is a multiple of 0.5 %
     assert (data.attrs["accuracy"] * 2) == pytest.approx(round(data.attrs["accuracy"] * 2), abs=1e-9)
 
@@ -306,6 +308,26 @@ def test_batch_backoff_gives_up_at_size_one() -> None:
     with pytest.raises(ValueError):
         backoff(other_error, torch.zeros(5, 1))
     assert backoff.size == 4
+
+
+def test_batch_backoff_over_slices_undoes_the_failed_parts_and_redoes_them_all(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The training step's use: parts given as slices of the batch; on out-of-memory in a later part the
+    reset undoes what the earlier parts did (their gradients), then every part is redone at half the size."""
+    backoff, calls, resets = BatchBackoff(4, "t -> s [kl]"), [], []
+
+    def part(rows: slice) -> list[int]:
+        ids = list(range(10))[rows]
+        calls.append(ids)
+        if len(ids) > 2 and ids[0] > 0:  # the second part of 4 does not fit
+            raise torch.OutOfMemoryError("simulated")
+        return ids
+
+    with caplog.at_level("WARNING", logger="kt"):
+        parts = backoff.over(10, part, lambda: resets.append(len(calls)))
+    assert parts == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]] and backoff.size == 2
+    assert calls[:2] == [[0, 1, 2, 3], [4, 5, 6, 7]] and resets == [2]  # reset once, right after the failure
+    assert [r.getMessage() for r in caplog.records] == ["t -> s [kl]: out of memory: retrying with batch size 2"]
 
 
 def test_float16_storage_rounds_the_float32_logits_and_reads_back_as_float32(tmp_path: Path, extracted,

@@ -1,7 +1,8 @@
-"""open_clip zero-shot heads built once (rule zero_shot_head, kt/plugins/open_clip_source.py): the
-second extraction reuses the stored head without a single text-tower forward and gives the same
-logits; other templates rebuild it; a head built from something else is refused; synset folders
-get ImageNet's readable names, other folder ids a clear error."""
+"""open_clip zero-shot heads built once (rule prepare_model; ModelSource.preparation in
+kt/plugins/open_clip_source.py): the second extraction reuses the stored head without a single
+text-tower forward and gives the same logits; other templates rebuild it; a head built from
+something else is refused; synset folders get ImageNet's readable names, other folder ids a clear
+error."""
 
 from __future__ import annotations
 
@@ -82,21 +83,21 @@ def _run(workdir: Path, templates: str) -> tuple[subprocess.CompletedProcess, in
 
 def test_the_head_is_built_once_and_reused_without_the_text_tower(tiny_clip: Path) -> None:
     first, calls = _run(tiny_clip, "simple")
-    assert "rule zero_shot_head:" in first.stderr and "rule extract:" in first.stderr
+    assert "rule prepare_model:" in first.stderr and "rule extract:" in first.stderr
     assert calls == 1  # 10 classes x 3 templates: one text batch, in the head job only
-    head = tiny_clip / "out/heads/clip.h5"
+    head = tiny_clip / "out/prepared/clip.h5"
     logits = read_logits(tiny_clip / "out/logits/eval/clip.h5")
-    assert logits.attrs["model_spec"]["args"]["head"] == "out/heads/clip.h5"
+    assert logits.attrs["model_spec"]["args"]["prepared"] == "out/prepared/clip.h5"
 
     (tiny_clip / "out/logits/eval/clip.h5").unlink()
     second, calls = _run(tiny_clip, "simple")
-    assert "rule zero_shot_head:" not in second.stderr and "rule extract:" in second.stderr
+    assert "rule prepare_model:" not in second.stderr and "rule extract:" in second.stderr
     assert calls == 1  # the second extraction ran no text forward
     np.testing.assert_array_equal(read_logits(tiny_clip / "out/logits/eval/clip.h5").logits, logits.logits)
 
     built = head.stat().st_mtime_ns
     third, calls = _run(tiny_clip, "openai")  # other templates: the head is built again
-    assert "rule zero_shot_head:" in third.stderr and head.stat().st_mtime_ns != built
+    assert "rule prepare_model:" in third.stderr and head.stat().st_mtime_ns != built
     assert calls > 1
 
 

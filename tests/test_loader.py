@@ -25,6 +25,7 @@ from conftest import TINY_RESNET_ARGS
 from PIL import Image
 
 import kt.transfer
+import kt.transfer.cache
 from kt.artifacts import open_h5, read_logits
 from kt.augment import RRC_RATIO, RRC_SCALE, SampleAugment, rrc_box
 from kt.data import Loader, load_split
@@ -153,7 +154,7 @@ def test_cache_float16_streamed_and_equal_to_online(tmp_path: Path, folder: dict
 def test_cache_refuses_a_build_the_disk_cannot_hold(tmp_path: Path, folder: dict, pair,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     free = type("Usage", (), {"free": 1000})
-    monkeypatch.setattr(kt.transfer.shutil, "disk_usage", lambda path: free)
+    monkeypatch.setattr(kt.transfer.cache.shutil, "disk_usage", lambda path: free)
     with pytest.raises(KtError, match=r"needs 0\.0 GB \(20 views x 36 images x 3 classes.*cache_dtype: float16"):
         build_cache(*pair, folder, replace(SETTINGS, cache_views=20), tmp_path / "cache.h5")
     assert list(tmp_path.iterdir()) == []

@@ -70,11 +70,11 @@ def test_kl_dp_with_several_teachers_distils_each_sample_from_its_most_confident
     pick = most_confident(torch.stack([t(m) for m in models]), torch.tensor(LABELS) if supervised else None)
     strategy = KLDP(supervised=supervised)
     assert strategy.multi_teacher
-    loss = strategy.loss(Outputs(student=t(student), initial=t(INITIAL), teachers=[t(TEACHER1), t(TEACHER2)],
-                                 labels=torch.tensor(LABELS)))
+    loss, mask = strategy.loss(Outputs(student=t(student), initial=t(INITIAL), teachers=[t(TEACHER1), t(TEACHER2)],
+                                       labels=torch.tensor(LABELS)))
     targets = t([models[k][i] for i, k in enumerate(pick.tolist())])
     assert float(loss) == pytest.approx(float(kl_div(t(student), targets).mean()), rel=1e-6)
-    assert strategy.last_mask.tolist() == [k > 0 for k in pick.tolist()]
+    assert mask.tolist() == [k > 0 for k in pick.tolist()]
 
 
 def test_kl_dp_with_one_teacher_is_unchanged_by_the_generalisation() -> None:
@@ -82,10 +82,11 @@ def test_kl_dp_with_one_teacher_is_unchanged_by_the_generalisation() -> None:
     one = KLDP().loss(Outputs(student=student, teacher=t(TEACHER1), initial=t(INITIAL), labels=torch.tensor(LABELS)))
     listed = KLDP().loss(Outputs(student=student, teachers=[t(TEACHER1)], initial=t(INITIAL),
                                  labels=torch.tensor(LABELS)))
-    assert torch.equal(one, listed)
+    assert torch.equal(one.value, listed.value) and torch.equal(one.teacher_mask, listed.teacher_mask)
     mask = [softmax(a)[y] > softmax(b)[y] for a, b, y in zip(TEACHER1, INITIAL, LABELS, strict=True)]
     targets = t([a if m else b for a, b, m in zip(TEACHER1, INITIAL, mask, strict=True)])
-    assert float(one) == pytest.approx(float(kl_div(student, targets).mean()), rel=1e-6)
+    assert float(one.value) == pytest.approx(float(kl_div(student, targets).mean()), rel=1e-6)
+    assert one.teacher_mask.tolist() == mask
     assert not KL().multi_teacher
 
 

@@ -117,7 +117,7 @@ def _image_folder(root: Path, corrupt: bool = False) -> Path:
 
 
 def test_image_folder_mistakes_are_named(tmp_path: Path) -> None:
-    from kt.data import load_split
+    from kt.data import Loader, load_split
     from kt.preprocess import Preprocessing
 
     with pytest.raises(KtError, match="is not a folder"):
@@ -129,7 +129,7 @@ def test_image_folder_mistakes_are_named(tmp_path: Path) -> None:
     split = load_split({"name": "imagefolder", "root": str(root)}, "eval")
     assert len(split) == 5 and split.classes == ["cat", "dog"]
     with pytest.raises(KtError, match=r"broken\.jpg"):
-        list(split.batches(Preprocessing(size=8), batch_size=8))
+        list(Loader(split, Preprocessing(size=8), batch_size=8).batches())
 
 
 def test_slurm_profile_requests_a_gpu_for_every_rule_that_declares_one() -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from kt.errors import KtError
 from kt.registry import Registry
-from kt.strategies import KL, KLDP, XEKL, XEKLMCL, Outputs, kl_div, most_confident
+from kt.strategies import KL, KLDP, XEKL, XEKLMCL, Loss, Outputs, as_loss, kl_div, most_confident
 from kt.transfer import TransferSettings
 
 # ---------------------------------------------------------------------------------------------- hand arithmetic
@@ -99,7 +99,7 @@ def test_kl_strategy_is_the_batch_mean_of_kl_to_the_teacher() -> None:
     assert close(loss, sum(kl(TEACHER[i], STUDENT[i]) for i in range(3)) / 3)
     loss_t2 = KL(temperature=2.0).loss(Outputs(student=t(STUDENT), teacher=t(TEACHER)))
     assert close(loss_t2, 4 * sum(kl(TEACHER[i], STUDENT[i], 2.0) for i in range(3)) / 3)
-    assert strategy.last_mask is None  # the teacher is the target everywhere: no partition to report
+    assert isinstance(loss, torch.Tensor)  # the teacher is the target everywhere: no partition (mask) to report
 
 
 def test_xekl_is_half_kl_plus_half_cross_entropy_on_logits() -> None:
@@ -115,6 +115,31 @@ def test_xekl_is_half_kl_plus_half_cross_entropy_on_logits() -> None:
     assert not close(loss, 0.5 * kl_mean + 0.5 * ce_on_probs, rel=1e-3)
     alpha = XEKL(alpha=0.25).loss(Outputs(student=t(STUDENT), teacher=t(TEACHER), labels=torch.tensor(labels)))
     assert close(alpha, 0.25 * kl_mean + 0.75 * ce_mean)
+
+
+class LegacyMask(KL):
+    """A plugin written for the contract before Loss: the mask set on the strategy, a bare tensor returned."""
+
+    def loss(self, out: Outputs) -> torch.Tensor:
+        self.last_mask = torch.tensor([True, False, True])
+        return super().loss(out)
+
+
+def test_the_loop_reads_the_mask_from_what_loss_returns(caplog: pytest.LogCaptureFixture) -> None:
+    """A bare tensor (no partition), a Loss or a (loss, mask) pair; the deprecated last_mask still read."""
+    value, mask = torch.tensor(1.0), torch.tensor([True, False])
+    plain = as_loss(value, KL())
+    assert plain.value is value and plain.teacher_mask is None
+    pair = as_loss((value, mask))
+    assert isinstance(pair, Loss) and pair.value is value and pair.teacher_mask is mask
+    assert as_loss(pair) is pair
+    legacy = LegacyMask()
+    with caplog.at_level("WARNING", logger="kt"):
+        for _ in range(2):
+            read = as_loss(legacy.loss(Outputs(student=t(STUDENT), teacher=t(TEACHER))), legacy)
+            assert read.teacher_mask.tolist() == [True, False, True]
+    assert close(read.value, sum(kl(TEACHER[i], STUDENT[i]) for i in range(3)) / 3)
+    assert len([r for r in caplog.records if "last_mask" in r.getMessage()]) == 1  # warned once per class
 
 
 # ---------------------------------------------------------------------------------------------- data partitioning
@@ -171,14 +196,14 @@ def test_kl_dp_is_pure_kl_to_the_selected_target() -> None:
     # labels is far from 0: there is no cross-entropy term
     ce = sum(xent(z, y) for z, (_, _, y) in zip(targets, DP_ROWS, strict=True)) / len(DP_ROWS)
     assert ce > 0.3
-    zero = strategy.loss(Outputs(student=t(targets), teacher=teacher, initial=initial, labels=labels))
+    zero, returned_mask = strategy.loss(Outputs(student=t(targets), teacher=teacher, initial=initial, labels=labels))
     assert abs(float(zero)) < 1e-7
-    assert strategy.last_mask.tolist() == mask
+    assert returned_mask.tolist() == mask  # returned with the loss: the teacher_share of metrics.parquet
 
     # any student: the mean KL to the per-sample target
     student = [[0.2, -0.3, 1.1], [1.0, 0.0, 0.0], [0.0, 2.0, -1.0], [0.3, 0.3, 0.3], [-1.0, 0.5, 2.0],
                [2.5, 0.0, 1.0]]
-    loss = strategy.loss(Outputs(student=t(student), teacher=teacher, initial=initial, labels=labels))
+    loss = strategy.loss(Outputs(student=t(student), teacher=teacher, initial=initial, labels=labels)).value
     assert close(loss, sum(kl(tg, s) for tg, s in zip(targets, student, strict=True)) / len(student))
 
 
@@ -186,21 +211,22 @@ def test_kl_dp_labels_act_only_through_the_mask() -> None:
     teacher, initial, labels = dp_columns(DP_ROWS)
     student = t([[0.2, -0.3, 1.1]] * len(DP_ROWS))
     strategy = KLDP()
-    base = strategy.loss(Outputs(student=student, teacher=teacher, initial=initial, labels=labels))
+    base = strategy.loss(Outputs(student=student, teacher=teacher, initial=initial, labels=labels)).value
 
     # other labels that leave the partition unchanged leave the loss unchanged (bit for bit)
     same_mask = labels.clone()
     same_mask[2], same_mask[3] = 1, 2  # ties stay ties whatever the label
     assert dp_mask(teacher, initial, same_mask).tolist() == dp_mask(teacher, initial, labels).tolist()
     assert torch.equal(strategy.loss(Outputs(student=student, teacher=teacher, initial=initial,
-                                             labels=same_mask)), base)
+                                             labels=same_mask)).value, base)
 
     # labels that flip the partition change the loss to the KL against the new targets
     flipped = labels.clone()
     flipped[0], flipped[1] = 0, 0  # row 0: p_t[0] < p_0[0] -> initial; row 1: p_t[0] > p_0[0] -> teacher
     new_mask = [softmax(tr)[y] > softmax(ir)[y] for (tr, ir, _), y in zip(DP_ROWS, flipped.tolist(), strict=True)]
     assert new_mask[:2] == [False, True]
-    loss = strategy.loss(Outputs(student=student, teacher=teacher, initial=initial, labels=flipped))
+    loss, flipped_mask = strategy.loss(Outputs(student=student, teacher=teacher, initial=initial, labels=flipped))
+    assert flipped_mask.tolist() == new_mask
     row = [0.2, -0.3, 1.1]
     expected = sum(kl(tr if m else ir, row) for (tr, ir, _), m in zip(DP_ROWS, new_mask, strict=True))
     assert close(loss, expected / len(DP_ROWS))
@@ -215,15 +241,16 @@ def test_kl_dp_unsup_ignores_labels() -> None:
     teacher, initial, labels = dp_columns(DP_ROWS)
     student = [[0.2, -0.3, 1.1], [1.0, 0.0, 0.0], [0.0, 2.0, -1.0], [0.3, 0.3, 0.3], [-1.0, 0.5, 2.0],
                [2.5, 0.0, 1.0]]
-    no_labels = strategy.loss(Outputs(student=t(student), teacher=teacher, initial=initial, labels=None))
+    no_labels, returned_mask = strategy.loss(Outputs(student=t(student), teacher=teacher, initial=initial,
+                                                     labels=None))
     mask = [max(softmax(tr)) > max(softmax(ir)) for tr, ir, _ in DP_ROWS]
-    assert strategy.last_mask.tolist() == mask
+    assert returned_mask.tolist() == mask
     targets = [tr if m else ir for (tr, ir, _), m in zip(DP_ROWS, mask, strict=True)]
     assert close(no_labels, sum(kl(tg, s) for tg, s in zip(targets, student, strict=True)) / len(student))
     for seed in range(3):  # any labels give the very same loss
         random_labels = torch.randint(0, 3, (len(DP_ROWS),), generator=torch.Generator().manual_seed(seed))
         assert torch.equal(strategy.loss(Outputs(student=t(student), teacher=teacher, initial=initial,
-                                                 labels=random_labels)), no_labels)
+                                                 labels=random_labels)).value, no_labels)
     assert isinstance(partial(KLDP, supervised=False)(), KLDP)
 
 

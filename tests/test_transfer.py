@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,7 +25,10 @@ import torch.nn.functional as F
 from conftest import TINY_PREPROCESS, TINY_RESNET_ARGS
 
 import kt
+import kt.strategies
 import kt.transfer
+import kt.transfer.cache
+import kt.transfer.loop
 from kt.artifacts import open_h5, read_logits
 from kt.augment import AugmentPlan
 from kt.data import load_split
@@ -33,7 +38,7 @@ from kt.extract import extract
 from kt.models import ModelSpec, create_model
 from kt.registry import Registry
 from kt.strategies import KL, KLDP, XEKL, XEKLMCL, Outputs, Strategy
-from kt.transfer import TransferSettings, build_cache, load_cache, transfer
+from kt.transfer import RunFolder, TransferSettings, build_cache, load_cache, transfer
 
 DATASET = {"name": "fashion_mnist", "subset": {"train": 256, "eval": 200}}
 # device pinned to the CPU: the bit-exact comparisons below rely on its deterministic kernels
@@ -89,6 +94,12 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
+def patch_view_for(monkeypatch: pytest.MonkeyPatch, spy) -> None:
+    """Replace view_for where the loop (the student) and the frozen models (online or cached) call it."""
+    for module in (kt.transfer.loop, kt.transfer.cache):
+        monkeypatch.setattr(module, "view_for", spy)
+
+
 def plugin_registry(name: str, factory) -> Registry:
     class Plugin:
         @kt.hookimpl
@@ -136,6 +147,29 @@ def test_run_folder_artifacts(reference, pair) -> None:
     assert config["strategy"] == "kl_dp" and config["lr"] == 0.01
     assert config["teacher"]["name"] == "tiny_teacher" and config["student"]["name"] == "tiny_student"
     assert config["settings"]["epochs"] == 2 and config["digest"] == SETTINGS.digest()
+
+
+def test_run_folder_names_the_files_and_imports_without_torch() -> None:
+    """RunFolder names a transfer rule's outputs when the workflow is parsed, where torch must not load."""
+    assert set(RunFolder.OUTPUTS.values()) == RUN_FILES
+    folder = RunFolder("runs/kl")
+    assert folder.file("after") == folder.after == Path("runs/kl/eval_after.h5")
+    assert folder.stage(2, "vit").weights == Path("runs/kl/stages/2_vit/student.pth")
+    with pytest.raises(KeyError, match="no output 'state'"):
+        folder.file("state")
+    code = ("import sys; sys.modules['torch'] = None  # any import of torch fails\n"
+            "from kt.transfer import RunFolder\n"
+            "print(RunFolder.outputs('{results}/transfer/{strategy}')['after'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "{results}/transfer/{strategy}/eval_after.h5"  # wildcards kept
+
+
+def test_every_name_kt_transfer_exports_resolves() -> None:
+    for name in kt.transfer.__all__:
+        assert getattr(kt.transfer, name) is not None, name
+    assert kt.transfer.make_strategy is kt.strategies.make_strategy  # re-exported: docs name it
+    assert kt.transfer.TransferSettings is TransferSettings
 
 
 # ---------------------------------------------------------------------------------------------- plugin strategy
@@ -234,7 +268,7 @@ def test_every_model_sees_the_same_augmented_view(tmp_path: Path, pair, monkeypa
         return view_for(model, images)
 
     monkeypatch.setattr(AugmentPlan, "apply", spy_apply)
-    monkeypatch.setattr(kt.transfer, "view_for", spy_view_for)
+    patch_view_for(monkeypatch, spy_view_for)
     transfer(*pair, "kl_dp", DATASET, tmp_path, replace(SETTINGS, epochs=1))
 
     assert len(views) == STEPS_PER_EPOCH and len(calls) == 3 * STEPS_PER_EPOCH
@@ -263,16 +297,16 @@ class Died(Exception):
 
 def test_resume_after_a_crash_is_bit_identical(tmp_path: Path, pair, reference, monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    save_state = kt.transfer.save_state
+    save_state = RunFolder.save_state
     saves = []
 
-    def die_after_first_checkpoint(path, state):
-        save_state(path, state)
+    def die_after_first_checkpoint(folder, state):
+        save_state(folder, state)
         saves.append(state["epoch"])
         raise Died
 
     with monkeypatch.context() as m:
-        m.setattr(kt.transfer, "save_state", die_after_first_checkpoint)
+        m.setattr(RunFolder, "save_state", die_after_first_checkpoint)
         with pytest.raises(Died):
             transfer(*pair, "kl_dp", DATASET, tmp_path, SETTINGS)
     assert saves == [1]
@@ -350,7 +384,7 @@ def test_nan_loss_within_the_first_check_window_points_at_the_strategy(tmp_path:
 
 def test_diverging_lr_stops_with_a_message(tmp_path: Path, pair, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the first check window (one step here) a non-finite loss is a divergence: lower the lr."""
-    monkeypatch.setattr(kt.transfer, "CHECK_EVERY", 1)
+    monkeypatch.setattr(kt.transfer.loop, "CHECK_EVERY", 1)
     with pytest.raises(KtError) as err:
         transfer(*pair, "kl", DATASET, tmp_path, replace(SETTINGS, lr=1e30, augment="none"))
     assert re.fullmatch(r"non-finite loss \(\S+\) in tiny_teacher -> tiny_student \[kl\] at epoch 1, step [2-4], "
@@ -379,7 +413,7 @@ def test_frozen_output_cache_equals_the_online_loop(tmp_path: Path, pair, refere
         calls.append(model.training)
         return view_for(model, images)
 
-    monkeypatch.setattr(kt.transfer, "view_for", spy)
+    patch_view_for(monkeypatch, spy)
     out = tmp_path / "run"
     metrics = transfer(*pair, "kl_dp", DATASET, out, cached, cache=cache)
     monkeypatch.undo()
@@ -453,7 +487,7 @@ def test_training_backs_off_to_micro_batches_on_out_of_memory(tmp_path: Path, pa
                 raise torch.OutOfMemoryError("simulated")
         return view_for(model, images)
 
-    monkeypatch.setattr(kt.transfer, "view_for", tight_memory)
+    patch_view_for(monkeypatch, tight_memory)
     with caplog.at_level("WARNING", logger="kt"):
         metrics = transfer(*pair, "kl_dp", DATASET, tmp_path, SETTINGS)
     assert [r.message.rsplit(" ", 1)[-1] for r in caplog.records if "out of memory" in r.message] == ["32", "16"]
@@ -469,7 +503,7 @@ def test_batch_size_probe_leaves_the_student_as_it_was(pair) -> None:
     stay, no gradient is left (run here on the CPU, the same code path)."""
     student = create_model(pair[1], [str(c) for c in range(10)]).train()
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    kt.transfer._probe_step(student, [create_model(pair[0], [str(c) for c in range(10)]).eval()], 8,
+    kt.transfer.loop._probe_step(student, [create_model(pair[0], [str(c) for c in range(10)]).eval()], 8,
                             torch.device("cpu"))
     after = student.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -29,9 +29,9 @@ from kt.artifacts import atomic_path, open_h5, set_attrs
 from kt.errors import KtError
 from kt.models import Classifier, ModelSource, ModelSpec, weights_origin
 from kt.preprocess import Preprocessing, uint8_transform
+from kt.spec import PREPARED_ARG
 
 TEMPLATE_SETS = {"openai": "OPENAI_IMAGENET_TEMPLATES", "simple": "SIMPLE_IMAGENET_TEMPLATES"}
-HEAD_ARG = "head"  # args key: a stored zero-shot head (kt zero-shot-head) instead of building one
 SYNSET = re.compile(r"n\d{8}")
 
 
@@ -68,9 +68,17 @@ class OpenClipSource(ModelSource):
     def base_name(self, arch: str) -> str:
         return arch.split("/", 1)[0]
 
+    def preparation(self, spec: ModelSpec, classes: list[str]) -> int:
+        """Every open_clip model: its zero-shot head, the text tower over classes x templates."""
+        return len(classes) * len(prompt_templates(_parse_args(spec)[2]))
+
+    def prepare(self, spec: ModelSpec, classes: list[str], out: Path, device: torch.device) -> str:
+        attrs = write_head(spec, classes, out, device)
+        return f"zero-shot head of {len(attrs['classes'])} classes, {attrs['templates']} templates"
+
     def create(self, spec: ModelSpec, classes: list[str] | None) -> Classifier:
         name, args, templates = _parse_args(spec)
-        head_file = args.pop(HEAD_ARG, None)
+        head_file = args.pop(PREPARED_ARG, None)  # the zero-shot head built by prepare()
         clip = _load_clip(spec, name, args)
         classnames = readable_classes(spec, classes)
         if head_file:
@@ -170,7 +178,7 @@ def _digest(items: list[str]) -> str:
 def write_head(spec: ModelSpec, classes: list[str] | None, out: str | Path, device: torch.device) -> dict[str, Any]:
     """Build ``spec``'s zero-shot head on ``device`` and store it (atomically) with its attrs."""
     name, args, templates = _parse_args(spec)
-    args.pop(HEAD_ARG, None)
+    args.pop(PREPARED_ARG, None)
     classnames = readable_classes(spec, classes)
     weights = build_head(_load_clip(spec, name, args), name, classnames, templates, device)
     attrs = head_attrs(spec, classnames, templates) | {"classes": classnames}

@@ -3,7 +3,7 @@
 
 rule complementarity:
     input:
-        logits=logits("eval"),
+        logits=get_logits("eval"),
     output:
         table=f"{RESULTS}/complementarity/pairs.parquet",
         per_class=f"{RESULTS}/complementarity/per_class.h5",
@@ -54,7 +54,7 @@ checkpoint select_pairs:
     threads: 1
     retries: 0  # not resumable: fails at once
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=kt_resources.SMALL_JOB["mem_mb"],
+        runtime=kt_resources.SMALL_JOB["runtime"],
     shell:
         "{params.kt} select --table {input.table} --policy {params.policy} --out {output.pairs} > {log} 2>&1"

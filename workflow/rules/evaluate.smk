@@ -6,15 +6,15 @@ rule evaluate:
         before=RUN_OUTPUT["before"],
         after=RUN_OUTPUT["after"],
         config=RUN_OUTPUT["config"],
-        teacher_logits=teacher_logits,
-        control=control_after,
+        teacher_logits=get_teacher_logits,
+        control=get_control_logits,
     output:
         metrics=f"{RUN}/transfer_metrics.parquet",
     params:
         kt=KT,
         code=KT_CODE,
-        run_dir=run_dir,
-        control=control_option,
+        run_dir=get_run_dir,
+        control=get_control_option,
         alpha=config["alpha"],
     log:
         f"{RESULTS}/logs/evaluate/{RUN_NAME}.log",
@@ -25,8 +25,8 @@ rule evaluate:
     threads: 1
     retries: 0  # not resumable: fails at once
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=kt_resources.SMALL_JOB["mem_mb"],
+        runtime=kt_resources.SMALL_JOB["runtime"],
     shell:
         "{params.kt} evaluate --run {params.run_dir} --teacher-logits {input.teacher_logits} --strategy {wildcards.strategy} "
         "--teacher {wildcards.teacher} --student {wildcards.student} {params.control} --alpha {params.alpha} --out {output.metrics} > {log} 2>&1"
@@ -34,8 +34,8 @@ rule evaluate:
 
 rule summarize:
     input:
-        metrics=run_files("transfer_metrics.parquet"),
-        epochs=run_files("metrics.parquet"),
+        metrics=get_run_files("transfer_metrics.parquet"),
+        epochs=get_run_files("metrics.parquet"),
         pairs=rules.select_pairs.output.pairs,
     output:
         table=f"{RESULTS}/summary.parquet",
@@ -60,8 +60,8 @@ rule summarize:
     threads: 1
     retries: 0  # not resumable: fails at once
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=kt_resources.SMALL_JOB["mem_mb"],
+        runtime=kt_resources.SMALL_JOB["runtime"],
     shell:
         "{params.kt} summarize --metrics {input.metrics} --epochs {input.epochs} --pairs {input.pairs} --similar-within {params.similar_within} "
         "--out {output.table} --csv {output.csv} --overview {output.overview} --figures {output.figures} > {log} 2>&1"

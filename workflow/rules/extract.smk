@@ -3,15 +3,15 @@
 
 rule extract:
     input:
-        weights=weights_of("model"),
-        sizes=sizes_input,
+        weights=get_model_files("model"),
+        sizes=get_model_sizes,
     output:
         logits=f"{RESULTS}/logits/{{split}}/{{model}}.h5",
     params:
         kt=KT,
-        code=code_of("model"),
-        model=spec_of("model"),
-        dataset=dataset_arg,
+        code=get_code("model"),
+        model=get_spec("model"),
+        dataset=get_dataset,
         batch_size=config["extract"]["batch_size"],
         workers=config["extract"]["workers"],
         dtype=config["extract"]["dtype"],
@@ -37,9 +37,6 @@ rule extract:
         "--decode {params.decode} --out {output.logits} > {log} 2>&1"
 
 
-localrules: model_sizes  # meta-device models: seconds, no data; not worth a cluster job
-
-
 rule model_sizes:
     output:
         sizes=MODEL_SIZES,
@@ -56,35 +53,35 @@ rule model_sizes:
     threads: 1
     retries: 0  # not resumable: fails at once
     resources:
-        mem_mb=2000,
-        runtime=lambda wildcards: 10 + len(SIZED) // 100,  # ~0.3 s a model on the meta device
+        mem_mb=kt_resources.SMALL_JOB["mem_mb"],
+        runtime=lambda wildcards: kt_resources.model_sizes_minutes(len(SIZED)),
     shell:
         "{params.kt} --threads {threads} model-sizes --models {params.models} --out {output.sizes} > {log} 2>&1"
 
 
-rule zero_shot_head:
+rule prepare_model:
     wildcard_constraints:
-        model=one_of(HEADS),
+        model=one_of(PREPARED),
     output:
-        head=f"{RESULTS}/heads/{{model}}.h5",
+        prepared=f"{RESULTS}/prepared/{{model}}.h5",
     params:
         kt=KT,
-        code=code_of("model"),
-        model=lambda wildcards: as_arg(HEAD_SPECS[wildcards.model].to_dict()),
-        dataset=dataset_arg,
+        code=get_code("model"),
+        model=lambda wildcards: as_arg(UNPREPARED[wildcards.model].to_dict()),
+        dataset=get_dataset,
         device=config["device"],
     log:
-        f"{RESULTS}/logs/heads/{{model}}.log",
+        f"{RESULTS}/logs/prepared/{{model}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/heads/{{model}}.tsv"
+        f"{RESULTS}/benchmarks/prepared/{{model}}.tsv"
     conda:
         ENV
     threads: 1
     retries: 0  # not resumable: fails at once
     resources:
         mem_mb=memory_of(lambda w: [], the("model"), "extract"),
-        runtime=runtime_of(head_seconds),
+        runtime=runtime_of(prepare_seconds),
         gpu=1,
     shell:
-        "{params.kt} --threads {threads} zero-shot-head --model {params.model} --dataset {params.dataset} "
-        "--device {params.device} --out {output.head} > {log} 2>&1"
+        "{params.kt} --threads {threads} prepare --model {params.model} --dataset {params.dataset} "
+        "--device {params.device} --out {output.prepared} > {log} 2>&1"

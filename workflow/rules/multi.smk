@@ -7,22 +7,22 @@ rule multi_transfer:
         strategy=one_of(RUN_MODES),
         teacher=one_of(GROUPS),
     input:
-        teachers=group_weights,
-        student=weights_of("student"),
-        teacher_logits=teacher_logits,
+        teachers=get_group_files,
+        student=get_model_files("student"),
+        teacher_logits=get_teacher_logits,
         extracted=f"{RESULTS}/logits/eval/{{student}}.h5",
     output:
         **RUN_OUTPUT,
     params:
         kt=KT,
-        code=code_of("teacher", "student", strategy=MULTI["strategy"]),
-        teachers=group_specs,
-        student=spec_of("student"),
-        dataset=dataset_arg,
-        settings=settings_for(MULTI["strategy"]),
+        code=get_code("teacher", "student", strategy=MULTI["strategy"]),
+        teachers=get_group_specs,
+        student=get_spec("student"),
+        dataset=get_dataset,
+        settings=get_settings(MULTI["strategy"]),
         strategy=MULTI["strategy"],
         order=MULTI["order"],
-        run_dir=run_dir,
+        run_dir=get_run_dir,
     log:
         f"{RESULTS}/logs/transfer/{RUN_NAME}.log",
     benchmark:
@@ -46,18 +46,18 @@ rule soup:
         strategy=SOUP,
         teacher=one_of(GROUPS),
     input:
-        members=member_files("student.pth"),
-        configs=member_files("config.json"),
+        members=get_member_files("student.pth"),
+        configs=get_member_files("config.json"),
     output:
         **RUN_OUTPUT,
     params:
         kt=KT,
-        code=code_of("student", strategy=""),
-        members=member_dirs,
-        dataset=dataset_arg,
-        settings=settings_for(MULTI["strategy"]),
+        code=get_code("student", strategy=""),
+        members=get_member_dirs,
+        dataset=get_dataset,
+        settings=get_settings(MULTI["strategy"]),
         batchnorm=MULTI["soup_batchnorm"],
-        run_dir=run_dir,
+        run_dir=get_run_dir,
     log:
         f"{RESULTS}/logs/transfer/{RUN_NAME}.log",
     benchmark:

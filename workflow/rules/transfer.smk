@@ -5,17 +5,17 @@ rule cache_frozen:
     wildcard_constraints:
         teacher=one_of(MODELS),
     input:
-        teacher=weights_of("teacher"),
-        student=weights_of("student"),
+        teacher=get_model_files("teacher"),
+        student=get_model_files("student"),
     output:
         cache=CACHE,
     params:
         kt=KT,
-        code=code_of("teacher", "student"),
-        teacher=spec_of("teacher"),
-        student=spec_of("student"),
-        dataset=dataset_arg,
-        settings=settings_for(),
+        code=get_code("teacher", "student"),
+        teacher=get_spec("teacher"),
+        student=get_spec("student"),
+        dataset=get_dataset,
+        settings=get_settings(),
     log:
         f"{RESULTS}/logs/cache/{{teacher}}__{{student}}{CACHE_SEED_PART}.log",
     benchmark:
@@ -37,21 +37,21 @@ rule transfer:
         strategy=one_of(dict.fromkeys([*STRATEGIES, MULTI["strategy"]])),
         teacher=one_of([*MODELS, NO_TEACHER]),
     input:
-        teacher=weights_of("teacher"),
-        student=weights_of("student"),
-        cache=frozen_cache,
+        teacher=get_model_files("teacher"),
+        student=get_model_files("student"),
+        cache=get_cache,
         extracted=f"{RESULTS}/logits/eval/{{student}}.h5",
     output:
         **RUN_OUTPUT,
     params:
         kt=KT,
-        code=code_of("teacher", "student"),
-        teacher=teacher_option,
-        student=spec_of("student"),
-        dataset=dataset_arg,
-        settings=settings_for(),
-        cache=cache_option,
-        run_dir=run_dir,
+        code=get_code("teacher", "student"),
+        teacher=get_teacher_option,
+        student=get_spec("student"),
+        dataset=get_dataset,
+        settings=get_settings(),
+        cache=get_cache_option,
+        run_dir=get_run_dir,
     log:
         f"{RESULTS}/logs/transfer/{RUN_NAME}.log",
     benchmark:

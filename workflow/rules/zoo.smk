@@ -6,13 +6,13 @@ rule train_zoo:
         weights=f"{RESULTS}/zoo/{{zoo_model}}.pth",
     params:
         kt=KT,
-        code=code_of("zoo_model"),
-        model=zoo_model_arg,
-        dataset=zoo_dataset_arg,
-        epochs=zoo_setting("epochs"),
-        lr=zoo_setting("lr"),
-        augment=zoo_setting("augment"),
-        seed=zoo_setting("seed"),
+        code=get_code("zoo_model"),
+        model=get_zoo_spec,
+        dataset=get_zoo_dataset,
+        epochs=get_zoo_setting("epochs"),
+        lr=get_zoo_setting("lr"),
+        augment=get_zoo_setting("augment"),
+        seed=get_zoo_setting("seed"),
         batch_size=config["zoo"]["batch_size"],
     log:
         f"{RESULTS}/logs/zoo/{{zoo_model}}.log",
@@ -23,8 +23,8 @@ rule train_zoo:
     threads: 1
     retries: 0  # not resumable: fails at once
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=kt_resources.ZOO_JOB["mem_mb"],
+        runtime=kt_resources.ZOO_JOB["runtime"],
     shell:
         "{params.kt} --threads {threads} train-zoo --model {params.model} "
         "--dataset {params.dataset} --epochs {params.epochs} --lr {params.lr} --augment {params.augment} "
