@@ -8,7 +8,7 @@ Every measurement is ``snakemake -n --cores 1`` in a fresh working folder, best 
 * ``paper``: configs/paper.yaml with ``dataset.root`` a synthetic ImageNet listing (1000 synset folders
   of ``--per-class`` empty train files and 50 val files: the listing, not the images, is what a dry run reads);
 
-each ``cold`` (no ``.snakemake/kt`` facts cache: the plugins load, as after a change of the config, a
+each ``cold`` (an empty facts cache, ``$KT_FACTS_CACHE``: the plugins load, as after a change of the config, a
 plugin or a library) and ``warm`` (a dry run ran before). kt's share is a row's time minus the
 baseline's. ``--before REV`` measures git revision REV the same way (a worktree, with kt imported
 from it through PYTHONPATH). The SLURM executor plugin's probe at import (``scontrol show config``,
@@ -94,6 +94,7 @@ def measure(repo: Path, name: str, args: list[str], env: dict[str, str], tmp: Pa
         for i in range(repeats):
             workdir = tmp / f"{name}-{state}-{i}"
             workdir.mkdir()
+            env = {**env, "KT_FACTS_CACHE": str(workdir / "facts")}  # empty: a cold parse
             if state == "warm":
                 dry_run(repo, workdir, args, env)
             best = min(best, dry_run(repo, workdir, args, env))
@@ -148,7 +149,7 @@ def report(repos: dict[str, Path], env: dict[str, str], tmp: Path, args: argpars
             if repo == REPO:
                 workdir = tmp / f"{label}-{name}-profiled"
                 workdir.mkdir()
-                ours, total = kt_seconds(repo, workdir, extra, renv)
+                ours, total = kt_seconds(repo, workdir, extra, {**renv, "KT_FACTS_CACHE": str(workdir / "facts")})
                 print(f"{'':17s} warm, profiled: {ours:5.2f} s in kt's code of {total:5.2f} s")
 
 

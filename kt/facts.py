@@ -2,10 +2,11 @@
 
 Resolving a config against the plugins (:func:`kt.check.check`), building its strategies and
 reading its dataset import every model library (seconds, torch alone ~4 s), and every
-``snakemake -n`` needs the answers. They are kept in ``.snakemake/kt/facts-KEY.json``, where KEY
-digests everything they depend on (:func:`cache_key`): the config, the plugin folders' files, the
-installed entry points, the model libraries' versions and the dataset's files
-(:func:`dataset_fingerprint`). A parse with an unchanged key imports none of those libraries.
+``snakemake -n`` needs the answers. They are kept in ``~/.cache/kt/facts/KEY.json`` (under
+``$XDG_CACHE_HOME``; ``$KT_FACTS_CACHE`` names another folder), where KEY digests everything they
+depend on (:func:`cache_key`): the config, the plugin folders' files, the installed entry points,
+the model libraries' versions and the dataset's files (:func:`dataset_fingerprint`); working
+folders with the same config share them. A parse with an unchanged key imports none of those libraries.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from kt.registry import ENTRY_POINT_GROUP, entry_points_enabled, file_digest
 from kt.spec import ModelSpec
 
-CACHE_DIR = Path(".snakemake") / "kt"
+CACHE_ENV = "KT_FACTS_CACHE"
 FORMAT = 2  # bump when Facts changes shape
 LIBRARIES = ("kt", "torch", "torchvision", "timm", "open_clip_torch")  # their versions change listings and checks
 FOLDER_DEPTH = 2  # dataset folders fingerprinted down to root/split/class: where an ImageFolder's files live
@@ -44,10 +45,17 @@ class Facts:
         return {slug: ModelSpec.parse(spec) for slug, spec in self.specs.items()}
 
 
-def facts(config: dict[str, Any], plugin_dirs: list[str], cache_dir: str | Path = CACHE_DIR) -> Facts:
-    """The config's :class:`Facts`, from the cache when nothing they depend on changed.
-    Raises :class:`~kt.errors.KtError` for a config the plugins reject (an error is never cached)."""
-    path = Path(cache_dir) / f"facts-{cache_key(config, plugin_dirs)}.json"
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kt" / "facts"
+
+
+def facts(config: dict[str, Any], plugin_dirs: list[str], folder: str | Path | None = None) -> Facts:
+    """The config's :class:`Facts`, from the cache (``folder``, default :func:`cache_dir`) when
+    nothing they depend on changed. Raises :class:`~kt.errors.KtError` for a config the plugins
+    reject (an error is never cached)."""
+    path = Path(folder or cache_dir()) / f"{cache_key(config, plugin_dirs)}.json"
     try:
         return Facts(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):  # absent, or written by another version: work it out again
@@ -125,7 +133,8 @@ def dataset_fingerprint(dataset: dict[str, Any]) -> dict[str, str]:
     out = {}
     for key, value in sorted(dataset.items()):
         if isinstance(value, str) and value:
-            out[key] = path_fingerprint(Path(value))
+            found = path_fingerprint(Path(value))
+            out[key] = found if found == "absent" else f"{Path(value).resolve()}: {found}"  # whichever folder
     return out
 
 

@@ -3,6 +3,11 @@ the ordinary model sources as local weight files (the path a user's own weights 
 
 The paper's premise is that variations in architecture, augmentation, seed and schedule give models
 unique knowledge; the zoo varies all four.
+
+A different tool from the transfer loop (:mod:`kt.transfer`), on purpose: it trains the offline
+default's 28-px models from scratch (AdamW, warm-up + cosine, batch-norm recalibrated at the end),
+in minutes on a CPU, with no device selection, AMP, resumable state or frozen models. Models a user
+brings are trained elsewhere; their checkpoints enter kt as weights files, like the zoo's.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def test_a_file_fingerprint_is_its_size_and_mtime(tmp_path: Path) -> None:
     classes = tmp_path / "classes.txt"
     classes.write_text("n01440764\n")
     os.utime(classes, ns=(5, 7))
-    assert dataset_fingerprint({"classes_file": str(classes)}) == {"classes_file": "file 10 7"}
+    assert dataset_fingerprint({"classes_file": str(classes)}) == {"classes_file": f"{classes.resolve()}: file 10 7"}
 
 
 def test_plugin_code_is_versioned_by_content(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 # The config (validated, its plugins' answers from kt.facts), the models, the paths and small helpers
-# every rule file uses. Input and param functions: inputs.smk; job resources: resources.smk.
+# every .smk file uses (input and param functions: inputs.smk; job resources: resources.smk).
 
 import functools
 import json
@@ -41,7 +41,7 @@ MODELS = FACTS.model_specs()  # slug -> kt.spec.ModelSpec
 RESULTS = config["results"]
 ZOO = {m["name"]: m for m in config["zoo"].get("models", [])}
 # Models whose source builds an artifact once before any job loads them (e.g. a CLIP model's zero-shot
-# head; ModelSource.preparation): rule prepare_model writes it, every job of the model reads it.
+# head; ModelSource.preparation): the prepare_model rule writes it, every job of the model reads it.
 PREPARED = {m: f"{RESULTS}/prepared/{m}.h5" for m in FACTS.preparations}
 UNPREPARED = {m: MODELS[m] for m in PREPARED}  # the specs the artifacts are built from
 MODELS = {m: replace(spec, args={**spec.args, PREPARED_ARG: PREPARED[m]}) if m in PREPARED else spec
