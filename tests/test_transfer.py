@@ -388,9 +388,9 @@ def test_diverging_lr_stops_with_a_message(tmp_path: Path, pair, monkeypatch: py
     with pytest.raises(KtError) as err:
         transfer(*pair, "kl", DATASET, tmp_path, replace(SETTINGS, lr=1e30, augment="none"))
     assert re.fullmatch(r"non-finite loss \(\S+\) in tiny_teacher -> tiny_student \[kl\] at epoch 1, step [2-4], "
-                        r"from strategy 'kl' \(built in, kt\.plugins\.strategies\): the run diverged; lower the "
-                        r"learning rate \(now 1e\+30: transfer\.lr, or the strategy's own lr option\) or check the "
-                        r"models' logits\.", str(err.value)), str(err.value)
+                        r"from strategy 'kl' \(plugin 'kt\.plugins\.strategies', builtin\): the run diverged; "
+                        r"lower the learning rate \(now 1e\+30: transfer\.lr, or the strategy's own lr option\) "
+                        r"or check the models' logits\.", str(err.value)), str(err.value)
     assert not {p.name for p in tmp_path.iterdir()} & {"eval_after.h5", "student.pth"}
 
 

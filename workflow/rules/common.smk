@@ -23,6 +23,7 @@ from kt.names import CONTROL, NO_TEACHER, RUN_MODES, SOUP
 from kt.select import fixed_pairs, top_teachers
 from kt.settings import TransferSettings
 from kt.spec import PREPARED_ARG
+from kt.transfer.run_folder import RunFolder
 
 # Nothing imported here loads torch: a dry run reads the plugins' answers from kt.facts' cache, and
 # imports the plugins (and torch) only when the config, a plugin or a library changed.
@@ -73,13 +74,7 @@ RUN = f"{RESULTS}/transfer/{RUN_NAME}"
 # Un-augmented views are the same for every seed, so then one cache serves all of a pair's seeds.
 CACHE_SEED_PART = SEED_PART if config["transfer"]["augment"] != "none" else ""
 CACHE = f"{RESULTS}/transfer/cache/{{teacher}}__{{student}}{CACHE_SEED_PART}.h5"
-RUN_OUTPUT = dict(
-    weights=f"{RUN}/student.pth",
-    before=f"{RUN}/eval_before.h5",
-    after=f"{RUN}/eval_after.h5",
-    metrics=f"{RUN}/metrics.parquet",
-    config=f"{RUN}/config.json",
-)
+RUN_OUTPUT = RunFolder.outputs(RUN)  # weights, before, after, metrics, config: kt.transfer.run_folder names them
 # The transfer keys that are TransferSettings fields (options go per strategy, device is top-level).
 SETTINGS_KEYS = [f.name for f in fields(TransferSettings) if f.name in config["transfer"] and f.name != "options"]
 

@@ -9,7 +9,7 @@ rule evaluate:
         teacher_logits=get_teacher_logits,
         control=get_control_logits,
     output:
-        metrics=f"{RUN}/transfer_metrics.parquet",
+        metrics=f"{RUN}/{RunFolder.EVALUATION}",
     params:
         kt=KT,
         code=KT_CODE,
@@ -34,8 +34,8 @@ rule evaluate:
 
 rule summarize:
     input:
-        metrics=get_run_files("transfer_metrics.parquet"),
-        epochs=get_run_files("metrics.parquet"),
+        metrics=get_run_files(RunFolder.EVALUATION),
+        epochs=get_run_files(RunFolder.OUTPUTS["metrics"]),
         pairs=rules.select_pairs.output.pairs,
     output:
         table=f"{RESULTS}/summary.parquet",

@@ -72,7 +72,7 @@ def get_control_logits(wildcards):
     the config runs the control; the run is then also compared with it."""
     if CONTROL not in STRATEGIES or wildcards.strategy == CONTROL:
         return []
-    return run_path(CONTROL, NO_TEACHER, wildcards.student, get_seed(wildcards), "eval_after.h5")
+    return run_path(CONTROL, NO_TEACHER, wildcards.student, get_seed(wildcards), RunFolder.OUTPUTS["after"])
 
 
 def get_control_option(wildcards, input):

@@ -46,8 +46,8 @@ rule soup:
         strategy=SOUP,
         teacher=one_of(GROUPS),
     input:
-        members=get_member_files("student.pth"),
-        configs=get_member_files("config.json"),
+        members=get_member_files(RunFolder.OUTPUTS["weights"]),
+        configs=get_member_files(RunFolder.OUTPUTS["config"]),
     output:
         **RUN_OUTPUT,
     params:
