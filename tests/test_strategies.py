@@ -534,3 +534,182 @@ def test_ce_control_is_cross_entropy_on_the_labels_without_a_teacher() -> None:
     # by hand: -log softmax(student)[label], averaged
     by_hand = -(torch.log_softmax(student, 1)[0, 0] + torch.log_softmax(student, 1)[1, 2]) / 2
     assert strategy.loss(Outputs(student=student, labels=labels)) == pytest.approx(by_hand.item())
+
+
+# ---------------------------------------------------------------------------------------------- DKD and AdaptConf
+
+# 3 samples, 4 classes; the teacher's top-1 differs from the student's in rows 0 (0 vs 1) and 2 (1 vs 3)
+S4 = [[1.0, 2.0, 0.5, -1.0], [0.0, -1.0, 3.0, 0.5], [0.3, 1.2, -0.4, 2.0]]
+T4 = [[3.0, 0.0, -1.0, 0.5], [0.5, 0.5, 1.0, -2.0], [-2.0, 4.0, 0.0, 1.0]]
+Y4 = [0, 2, 1]
+
+
+def np_softmax(row: list[float], temp: float = 1.0) -> np.ndarray:
+    e = np.exp(np.asarray(row, dtype=np.float64) / temp)
+    return e / e.sum()
+
+
+def np_kl(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p || q) between two probability vectors."""
+    return float(np.sum(p * np.log(p / q)))
+
+
+def dkd_by_hand(student: list[list[float]], teacher: list[list[float]], labels: list[int], alpha: float,
+                beta: float, temp: float) -> float:
+    """Zhao et al.'s DKD, written out: per sample, TCKD on the binary (p_y, 1 - p_y) distributions and NCKD
+    on the distributions renormalised over the non-target classes, both at T and times T²; batch mean."""
+    total = 0.0
+    for s, t_, y in zip(student, teacher, labels, strict=True):
+        ps, pt = np_softmax(s, temp), np_softmax(t_, temp)
+        tckd = np_kl(np.array([pt[y], 1 - pt[y]]), np.array([ps[y], 1 - ps[y]]))
+        nckd = np_kl(np.delete(pt, y) / np.delete(pt, y).sum(), np.delete(ps, y) / np.delete(ps, y).sum())
+        total += (alpha * tckd + beta * nckd) * temp**2
+    return total / len(labels)
+
+
+def adaptconf_by_hand(student: list[list[float]], teacher: list[list[float]], threshold: float,
+                      temp: float) -> tuple[float, list[float]]:
+    """Guo et al.'s AdaptConf as in their code, written out: the batch loss and the per-sample β."""
+    total, betas = 0.0, []
+    for s, t_ in zip(student, teacher, strict=True):
+        p = np_softmax(s)
+        ce_self = -math.log(p[int(np.argmax(s))])
+        ce_teacher = -math.log(p[int(np.argmax(t_))])
+        beta = math.exp(ce_self / threshold) / (math.exp(ce_self / threshold) + math.exp(ce_teacher / threshold))
+        kd = np_kl(np_softmax(t_, temp), np_softmax(s, temp)) * temp**2
+        total += (1 - beta) * kd + beta * ce_self
+        betas.append(beta)
+    return total / len(student), betas
+
+
+def test_dkd_defaults_and_registration() -> None:
+    from kt.strategies import DKD
+
+    registry = Registry()
+    strategy = registry.get("strategies", "dkd")()
+    assert isinstance(strategy, DKD)
+    assert (strategy.alpha, strategy.beta, strategy.ce_weight, strategy.temperature) == (1.0, 0.5, 0.0, 1.0)
+    assert strategy.needs_teacher and not strategy.needs_initial and not strategy.multi_teacher
+    assert registry.options("strategies", "dkd") == {"temperature": 1.0, "lr": None, "alpha": 1.0, "beta": 0.5,
+                                                     "ce_weight": 0.0}
+
+
+@pytest.mark.parametrize(("alpha", "beta", "temperature"), [(1.0, 0.5, 1.0), (1.0, 8.0, 4.0), (0.3, 2.0, 0.5)])
+def test_dkd_matches_hand_computed_tckd_and_nckd(alpha: float, beta: float, temperature: float) -> None:
+    from kt.strategies import DKD
+
+    strategy = DKD(alpha=alpha, beta=beta, temperature=temperature)
+    loss = strategy.loss(Outputs(student=t(S4), teacher=t(T4), labels=torch.tensor(Y4)))
+    assert close(loss, dkd_by_hand(S4, T4, Y4, alpha, beta, temperature))
+
+
+def test_dkd_spelled_out_on_one_row() -> None:
+    from kt.strategies import DKD
+
+    # teacher softmax (1/2, 1/6, 1/6, 1/6), student uniform (1/4 each), label 0: the non-target parts are
+    # both uniform, so NCKD = 0, and TCKD = 1/2 log((1/2)/(1/4)) + 1/2 log((1/2)/(3/4)) = 1/2 log(4/3)
+    out = Outputs(student=t([[0.0, 0.0, 0.0, 0.0]]), teacher=t([[math.log(3), 0.0, 0.0, 0.0]]),
+                  labels=torch.tensor([0]))
+    assert close(DKD(alpha=1.0, beta=8.0).loss(out), 0.5 * math.log(4 / 3))
+    assert close(DKD(alpha=2.0, beta=8.0).loss(out), math.log(4 / 3))
+    # label 1 instead: b_t = (1/6, 5/6), b_s = (1/4, 3/4); non-target p̂_t = (3/5, 1/5, 1/5), p̂_s = 1/3 each
+    out.labels = torch.tensor([1])
+    tckd = 1 / 6 * math.log((1 / 6) / (1 / 4)) + 5 / 6 * math.log((5 / 6) / (3 / 4))
+    nckd = 3 / 5 * math.log((3 / 5) / (1 / 3)) + 2 * (1 / 5 * math.log((1 / 5) / (1 / 3)))
+    assert close(DKD(alpha=1.0, beta=8.0).loss(out), tckd + 8 * nckd)
+
+
+def test_dkd_with_alpha_1_and_beta_1_minus_pt_is_classical_kd() -> None:
+    """The paper's decomposition (its Eq. 5): KD = TCKD + (1 − p_t,y)·NCKD, sample by sample."""
+    from kt.strategies import DKD
+
+    for s, t_, y in zip(S4, T4, Y4, strict=True):
+        for temperature in (1.0, 3.0):
+            p_target = float(np_softmax(t_, temperature)[y])
+            out = Outputs(student=t([s]), teacher=t([t_]), labels=torch.tensor([y]))
+            dkd = DKD(alpha=1.0, beta=1 - p_target, temperature=temperature).loss(out)
+            assert close(dkd, np_kl(np_softmax(t_, temperature), np_softmax(s, temperature)) * temperature**2)
+
+
+def test_dkd_ce_weight_adds_cross_entropy_on_the_labels() -> None:
+    from kt.strategies import DKD
+
+    out = Outputs(student=t(S4), teacher=t(T4), labels=torch.tensor(Y4))
+    xent_mean = sum(-math.log(np_softmax(s)[y]) for s, y in zip(S4, Y4, strict=True)) / 3
+    assert close(DKD(ce_weight=1.0).loss(out), dkd_by_hand(S4, T4, Y4, 1.0, 0.5, 1.0) + xent_mean)
+
+
+def test_dkd_is_finite_for_a_saturated_teacher() -> None:
+    from kt.strategies import DKD
+
+    student = t(S4).requires_grad_()
+    teacher = t([[200.0, 0.0, -1.0, 0.5], [0.5, 0.5, 300.0, -2.0], [-2.0, 4.0, 0.0, 1.0]])
+    loss = DKD(beta=8.0).loss(Outputs(student=student, teacher=teacher, labels=torch.tensor(Y4)))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
+
+
+def test_adaptconf_defaults_and_registration() -> None:
+    from kt.strategies import AdaptConf
+
+    registry = Registry()
+    strategy = registry.get("strategies", "adaptconf")()
+    assert isinstance(strategy, AdaptConf)
+    assert (strategy.threshold, strategy.ce_weight, strategy.temperature) == (1.0, 0.0, 1.0)
+    assert strategy.needs_teacher and not strategy.needs_initial and not strategy.multi_teacher
+    assert registry.options("strategies", "adaptconf") == {"temperature": 1.0, "lr": None, "threshold": 1.0,
+                                                           "ce_weight": 0.0}
+    with pytest.raises(KtError, match="threshold"):
+        AdaptConf(threshold=0.0)
+
+
+@pytest.mark.parametrize(("threshold", "temperature"), [(1.0, 1.0), (0.5, 1.0), (4.0, 2.0)])
+def test_adaptconf_matches_hand_computed_loss(threshold: float, temperature: float) -> None:
+    from kt.strategies import AdaptConf
+
+    expected, betas = adaptconf_by_hand(S4, T4, threshold, temperature)
+    # row 1: student and teacher agree on the top-1 class, so β = 1/2; rows 0 and 2 disagree, β < 1/2
+    assert betas[1] == pytest.approx(0.5) and betas[0] < 0.5 and betas[2] < 0.5
+    # labels are not read without ce_weight
+    loss = AdaptConf(threshold=threshold, temperature=temperature).loss(Outputs(student=t(S4), teacher=t(T4)))
+    assert close(loss, expected)
+
+
+def test_adaptconf_spelled_out_on_one_row() -> None:
+    from kt.strategies import AdaptConf
+
+    # student = teacher = (log 3, 0, 0, 0): KL = 0, same top-1 so β = 1/2, ce_self = -log(3/6) = log 2
+    row = t([[math.log(3), 0.0, 0.0, 0.0]])
+    assert close(AdaptConf().loss(Outputs(student=row, teacher=row.clone())), 0.5 * math.log(2))
+    # teacher's top-1 is class 1 instead: ce_teacher = -log(1/6) = log 6, β = 2 / (2 + 6) = 1/4, and
+    # KL(p_t || p_s) with p_t = (1/6, 1/2, 1/6, 1/6), p_s = (1/2, 1/6, 1/6, 1/6) = 1/3 log 3
+    teacher = t([[0.0, math.log(3), 0.0, 0.0]])
+    expected = 0.75 * (1 / 6 * math.log(1 / 3) + 1 / 2 * math.log(3)) + 0.25 * math.log(2)
+    assert close(AdaptConf().loss(Outputs(student=row, teacher=teacher)), expected)
+
+
+def test_adaptconf_weight_is_not_differentiated() -> None:
+    """β is a constant of the step (the code detaches it): the gradient is that of the weighted sum with
+    β fixed at its hand-computed value."""
+    from kt.strategies import AdaptConf
+
+    _, betas = adaptconf_by_hand(S4, T4, 1.0, 1.0)
+    student = t(S4).requires_grad_()
+    AdaptConf().loss(Outputs(student=student, teacher=t(T4))).backward()
+    reference = t(S4).requires_grad_()
+    beta = torch.tensor(betas, dtype=torch.float32)
+    log_q = torch.log_softmax(reference, 1)
+    p = torch.softmax(t(T4), 1)
+    kd = (p * (torch.log(p) - log_q)).sum(1)
+    ce_self = -log_q[torch.arange(3), torch.tensor([int(np.argmax(s)) for s in S4])]
+    ((1 - beta) * kd + beta * ce_self).mean().backward()
+    assert torch.allclose(student.grad, reference.grad, atol=1e-6)
+
+
+def test_adaptconf_ce_weight_adds_cross_entropy_on_the_labels() -> None:
+    from kt.strategies import AdaptConf
+
+    expected, _ = adaptconf_by_hand(S4, T4, 1.0, 1.0)
+    xent_mean = sum(-math.log(np_softmax(s)[y]) for s, y in zip(S4, Y4, strict=True)) / 3
+    out = Outputs(student=t(S4), teacher=t(T4), labels=torch.tensor(Y4))
+    assert close(AdaptConf(ce_weight=0.5).loss(out), expected + 0.5 * xent_mean)

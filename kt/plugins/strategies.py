@@ -3,7 +3,7 @@
 from functools import partial
 
 import kt
-from kt.strategies import CE, KL, KLDP, XEKL, XEKLMCL
+from kt.strategies import CE, DKD, KL, KLDP, XEKL, XEKLMCL, AdaptConf
 
 
 @kt.hookimpl
@@ -14,3 +14,5 @@ def register_strategies(register):
     register("kl_dp", KLDP)
     register("kl_dp_unsup", partial(KLDP, supervised=False))
     register("xekl_mcl", XEKLMCL)
+    register("dkd", DKD)
+    register("adaptconf", AdaptConf)
