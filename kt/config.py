@@ -14,6 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kt.errors import KtError, closest
+from kt.spec import ModelSpec
 
 
 def _explain(error: Any) -> str:
@@ -71,11 +72,12 @@ def check_files(config: dict[str, Any]) -> None:
     ``dataset.classes_file`` (a split folder is checked where the dataset is read). Cheap: the
     workflow runs it on every parse, so a dry run fails on a missing file instead of a queued job."""
     for i, entry in enumerate(config.get("models") or []):
-        weights = entry.get("weights") if isinstance(entry, dict) else None
-        if weights and not Path(weights).is_file():
-            name = entry.get("name") or entry.get("id")
-            raise KtError(f"config key models[{i}].weights: model {name!r}: weight file {weights!r} does not exist; "
-                          "fix the path (cluster nodes need it on a shared disk).")
+        try:
+            ModelSpec.parse(entry).check_weights()
+        except TypeError:  # a misspelled key: kt.check names it
+            continue
+        except KtError as e:
+            raise KtError(f"config key models[{i}].weights: {e}") from None
     dataset = config.get("dataset") or {}
     for key, exists in (("root", Path.is_dir), ("classes_file", Path.is_file)):
         if dataset.get(key) and not exists(Path(dataset[key])):

@@ -61,12 +61,13 @@ def facts(config: dict[str, Any], plugin_dirs: list[str], folder: str | Path | N
     except (OSError, ValueError, TypeError):  # absent, or written by another version: work it out again
         pass
     found = compute(config, plugin_dirs)
+    from kt.artifacts import atomic_path  # h5py and polars: only on a miss, which loaded torch already
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(found)))
-        tmp.replace(path)
-    except OSError:  # a read-only working directory only costs the speed-up
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(asdict(found)))
+    except OSError:  # an unwritable cache folder only costs the speed-up
         pass
     return found
 

@@ -184,13 +184,6 @@ def weights_origin(spec: ModelSpec, hub: str) -> str:
     return f"hub:{hub}" if spec.pretrained else "random init"
 
 
-def check_weights_file(spec: ModelSpec) -> None:
-    """Fail before building anything when a configured weight file is missing."""
-    if spec.weights is not None and not Path(spec.weights).is_file():
-        raise KtError(f"model {spec.slug!r}: weight file {spec.weights!r} does not exist; "
-                      "fix the 'weights' path in the config (cluster nodes need it on a shared disk).")
-
-
 def create_model(spec: ModelSpec | str | dict[str, Any], classes: list[str] | None = None,
                  registry: Registry | None = None) -> Classifier:
     """The one entry point: spec (or id) -> :class:`Classifier` in eval mode on the CPU."""
@@ -202,7 +195,7 @@ def create_model(spec: ModelSpec | str | dict[str, Any], classes: list[str] | No
         source.check(spec)
     except KtError as e:  # a check's message does not name the model: its caller does
         raise KtError(f"model {spec.slug!r}: {e}") from None
-    check_weights_file(spec)
+    spec.check_weights()
     model = source.create(spec, classes)
     if classes is not None and model.num_classes != len(classes):
         raise KtError(f"model {spec.slug!r} predicts {model.num_classes} classes but the dataset has "

@@ -111,10 +111,9 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
     return metrics
 
 
-def finished(stage: str | Path | RunFolder, teacher: ModelSpec, student: ModelSpec, settings: TransferSettings
+def finished(stage: RunFolder, teacher: ModelSpec, student: ModelSpec, settings: TransferSettings
              ) -> bool:
     """Whether ``stage`` holds a complete run of exactly this teacher, starting student and settings."""
-    stage = stage if isinstance(stage, RunFolder) else RunFolder(stage)
     if not stage.complete:
         return False
     done = stage.read_config()

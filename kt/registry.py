@@ -34,6 +34,7 @@ log = logging.getLogger("kt")
 BUILTIN_PLUGINS = ("kt.plugins.timm_source", "kt.plugins.open_clip_source",
                    "kt.plugins.torchvision_source", "kt.plugins.datasets", "kt.plugins.strategies")
 ENTRY_POINT_GROUP = "kt"
+BUILTIN_CODE = f"kt {kt_version}"  # the code version of built-in plugins (and of kt's own rules)
 NO_ENTRY_POINTS_ENV = "KT_NO_ENTRY_POINTS"
 
 # kind -> (hook name, noun used in messages)
@@ -107,7 +108,7 @@ class Registry:
         self.pm = pluggy.PluginManager("kt")
         self.pm.add_hookspecs(hookspecs)
         for modname in BUILTIN_PLUGINS:
-            self._add(importlib.import_module(modname), modname, "builtin", f"kt {kt_version}")
+            self._add(importlib.import_module(modname), modname, "builtin", BUILTIN_CODE)
         if entry_points_enabled(self.entry_points):
             self._load_entry_points()
         for folder in self.plugin_dirs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kt.errors import KtError
@@ -54,6 +55,12 @@ class ModelSpec:
         if isinstance(entry, str):
             return cls(id=entry)
         return cls(**entry)
+
+    def check_weights(self) -> None:
+        """Fail before building anything when a configured weight file is missing."""
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise KtError(f"model {self.slug!r}: weight file {self.weights!r} does not exist; fix the 'weights' "
+                          "path in the config (cluster nodes need it on a shared disk).")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, {}, []) and k != "pretrained"} | (

@@ -22,7 +22,7 @@ _MODULES = {
                           "build_cache", "cache_attrs", "check_cache_space", "load_cache"),
     "kt.transfer.evaluation": ("EPOCH_COLUMNS", "epoch_row", "epoch_table", "eval_logits", "initial_eval",
                                "write_run"),
-    "kt.transfer.run_folder": ("RunFolder", "write_record"),
+    "kt.transfer.run_folder": ("RunFolder",),
     "kt.transfer.views": ("reference_models", "view_for"),
     "kt.settings": ("TransferSettings",),
     "kt.strategies": ("make_strategy",),
@@ -33,7 +33,7 @@ __all__ = [
     "CACHE_FLUSH_EVERY", "CACHE_NAMES", "CHECK_EVERY", "COPY_ROWS", "EPOCH_COLUMNS", "FrozenCache", "FrozenLogits",
     "RunFolder", "TransferSettings", "as_teachers", "build_cache", "cache_attrs", "check_cache_space", "epoch_row",
     "epoch_table", "eval_logits", "initial_eval", "load_cache", "make_strategy", "reference_models", "transfer",
-    "view_for", "write_record", "write_run",
+    "view_for", "write_run",
 ]
 
 
@@ -66,5 +66,5 @@ if TYPE_CHECKING:
     )
     from kt.transfer.evaluation import EPOCH_COLUMNS, epoch_row, epoch_table, eval_logits, initial_eval, write_run
     from kt.transfer.loop import CHECK_EVERY, as_teachers, transfer
-    from kt.transfer.run_folder import RunFolder, write_record
+    from kt.transfer.run_folder import RunFolder
     from kt.transfer.views import reference_models, view_for

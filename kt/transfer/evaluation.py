@@ -76,10 +76,9 @@ def epoch_table(history: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(history, schema=EPOCH_COLUMNS)
 
 
-def write_run(out: str | Path | RunFolder, final: Classifier, student: ModelSpec, after: np.ndarray, evald: Split,
+def write_run(folder: RunFolder, final: Classifier, student: ModelSpec, after: np.ndarray, evald: Split,
               dataset: dict[str, Any], config: dict[str, Any], metrics: pl.DataFrame) -> None:
     """The run folder's results, each written atomically; ``config.json`` last marks the run complete."""
-    folder = out if isinstance(out, RunFolder) else RunFolder(out)
     write_logits(folder.after, after, evald, logits_attrs(student, final, evald, dataset, after)
                  | {"transfer": json.dumps(config)})
     with atomic_path(folder.weights) as tmp:

@@ -118,7 +118,3 @@ class RunFolder:
         """Drop the resume point once the results are written."""
         self.state.unlink(missing_ok=True)
 
-
-def write_record(out: str | Path | RunFolder, config: dict[str, Any], metrics: pl.DataFrame) -> None:
-    """:meth:`RunFolder.write_record` of the folder ``out``."""
-    (out if isinstance(out, RunFolder) else RunFolder(out)).write_record(config, metrics)

@@ -13,13 +13,13 @@ from dataclasses import fields, replace
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
-import kt
 from kt import resources as kt_resources
 from kt.config import check_files, group_name, plugin_folders
 from kt.config import validate as validate_config
 from kt.errors import KtError
 from kt.facts import code_record, dataset_fingerprint, facts
 from kt.names import CONTROL, NO_TEACHER, RUN_MODES, SOUP
+from kt.registry import BUILTIN_CODE
 from kt.select import fixed_pairs, top_teachers
 from kt.settings import TransferSettings
 from kt.spec import PREPARED_ARG
@@ -107,8 +107,8 @@ def model_files(model):
     return weights + ([PREPARED[model]] if model in PREPARED else [])
 
 
-DATASET_FILES = json.dumps(dataset_fingerprint(config["dataset"]), sort_keys=True)
-KT_CODE = f"kt {kt.__version__}"  # the code of rules that run only kt's own (tables, figures)
+DATASET_FILES = dataset_fingerprint(config["dataset"])
+KT_CODE = BUILTIN_CODE  # the code of rules that run only kt's own (tables, figures)
 
 
 def models_in(wildcards, role):
