@@ -7,7 +7,7 @@ CORES ?= all
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup data test-deps run science test lint clean
+.PHONY: setup data test-deps run science methods test lint clean
 
 setup: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,slurm]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,slurm,trackers]'
 	touch $@
 
 data:
@@ -42,6 +42,12 @@ science: run
 	$(SNAKEMAKE_RUN) --cores $(CORES) --configfile configs/science.yaml
 	$(BIN)/snakemake --configfile configs/science.yaml --report results/science/report.html
 	@echo "kt: done. Open the report: $(abspath results/science/report.html)"
+
+# configs/methods.yaml: kl_dp beside dkd, adaptconf, crd, bikd and ce on converged students (docs/methods-run.md)
+methods: setup data
+	$(SNAKEMAKE_RUN) --cores $(CORES) --configfile configs/methods.yaml
+	$(BIN)/snakemake --configfile configs/methods.yaml --report results/methods/report.html
+	@echo "kt: done. Open the report: $(abspath results/methods/report.html)"
 
 test: setup test-deps
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest

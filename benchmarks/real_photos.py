@@ -137,7 +137,7 @@ def kt_step(args: argparse.Namespace, weights: Path, dataset: dict, allocator: s
          "--strategy", "kl", "--dataset", json.dumps(dataset), "--settings", json.dumps(settings), "--out", str(out)],
         ALLOCATORS[allocator])
     metrics = pl.read_parquet(out / "metrics.parquet")
-    seconds = metrics.filter(pl.col("epoch") == 1)["seconds"][0]
+    seconds = metrics.filter((pl.col("kind") == "epoch") & (pl.col("epoch") == 1))["seconds"][0]
     return args.images / seconds
 
 

@@ -1,4 +1,4 @@
-"""The checks of a config that a schema cannot express: every model, dataset, strategy and option
+"""The checks of a config that a schema cannot express: every model, dataset, strategy, tracker and option
 resolved against the plugin registry, so ``snakemake -n`` fails on an unknown name before any job
 runs. Loads the plugins (and with them torch); the workflow runs it once per change of the config
 or the plugins (:mod:`kt.facts`)."""
@@ -11,8 +11,9 @@ from kt.config import group_name, plugin_folders
 from kt.data import Dataset, DatasetInfo, check_augment, open_dataset
 from kt.errors import KtError, closest
 from kt.models import ModelSource, ModelSpec
-from kt.registry import Registry, get_registry
+from kt.registry import Registry, check_declared, get_registry
 from kt.strategies import make_strategy
+from kt.trackers import check_trackers
 
 
 def zoo_specs(config: dict[str, Any], dataset: Dataset) -> dict[str, ModelSpec]:
@@ -64,11 +65,8 @@ def check_strategy_options(config: dict[str, Any], registry: Registry) -> None:
             accepted = registry.options("strategies", name)
         except KtError as e:
             raise KtError(f"config key {key}: {e}") from None
-        for option in opts if accepted is not None else ():
-            if option not in accepted:
-                raise KtError(f"config key {key}.{option}: strategy {name!r} has no option {option!r}."
-                              f"{closest(option, accepted)} Its options: {', '.join(accepted) or 'none'} "
-                              "(see `kt plugins`).")
+        check_declared(opts, accepted, f"strategy {name!r}", f"config key {key}")
+
 
 
 def check_augmentations(config: dict[str, Any], dataset: Dataset) -> None:
@@ -111,6 +109,7 @@ def check(config: dict[str, Any], registry: Registry | None = None) -> dict[str,
         except KtError as e:
             raise KtError(f"config key transfer.strategies[{i}]: {e}") from None
     check_strategy_options(config, registry)
+    check_trackers((config.get("transfer") or {}).get("trackers"), registry)
     check_augmentations(config, dataset)
     options = (config.get("transfer") or {}).get("options") or {}
     check_groups(config.get("multi_teacher") or {}, specs, registry, options)

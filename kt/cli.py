@@ -356,28 +356,29 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 @command(arg("--metrics", nargs="+", required=True, help="per-run metrics files"),
-         arg("--epochs", nargs="*", default=[], help="per-run per-epoch metrics (for the curves)"),
+         arg("--epochs", nargs="*", default=[], help="per-run metrics.parquet (for the training curves)"),
          arg("--pairs", help="results/pairs.parquet (adds the forecast)"),
          arg("--similar-within", type=float, default=SELECT["similar_within"],
              help="points: teacher-strength bin margin"),
          arg("--out", required=True), arg("--csv", required=True),
          arg("--overview", help="CSV: the per-strategy table of the report's landing page"),
-         arg("--figures", help="folder for the summary figures (PNG)"))
+         arg("--figures", help="folder for the summary figures (PNG)"),
+         arg("--pair-curves", help="folder for a training-curve figure per pair, its strategies overlaid"),
+         arg("--run-curves", help="folder for a training-curve figure per run (loss, teacher share)"))
 def cmd_summarize(args: argparse.Namespace) -> None:
     """Combine every run's metrics: per run, per strategy, per teacher-strength bin; figures."""
     import polars as pl
 
     from kt.artifacts import read_table
-    from kt.figures import plot_epoch_curves, plot_summary
+    from kt.figures import plot_summary, plot_training_curves, read_curves
     from kt.metrics import overview, summarize, write_summary
 
     table = summarize(args.metrics, read_table(args.pairs) if args.pairs else None, args.similar_within)
     write_summary(table, args.out, args.csv, args.overview)
     if args.figures:
         plot_summary(table, args.figures)
-        if args.epochs:
-            epochs = pl.concat([read_table(f) for f in args.epochs], how="diagonal_relaxed")
-            plot_epoch_curves(epochs, f"{args.figures}/epoch_curves.png")
+    plot_training_curves(read_curves(args.epochs), f"{args.figures}/epoch_curves.png" if args.figures else None,
+                         args.pair_curves, args.run_curves)
     with pl.Config(tbl_rows=50, tbl_cols=12, fmt_str_lengths=40, tbl_width_chars=200):
         print(overview(table))
 

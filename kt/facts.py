@@ -34,6 +34,8 @@ class Facts:
 
     specs: dict[str, dict[str, Any]]  # slug -> ModelSpec.to_dict(), zoo models first
     teacher_free: list[str]  # configured strategies that need no teacher (the ce control)
+    uncached: list[str]  # configured strategies the frozen-output cache cannot serve (Strategy.cacheable)
+    trains_teacher: list[str]  # configured strategies whose teachers train too (their jobs' memory and time)
     decodes: bool  # the dataset's samples are image files (loader workers pay off)
     classes: int  # the dataset's label space
     split_sizes: dict[str, int]  # images in the train (transfer) and eval splits, subset applied
@@ -82,13 +84,16 @@ def compute(config: dict[str, Any], plugin_dirs: list[str]) -> Facts:
     registry = get_registry(plugin_dirs)
     specs = check(config, registry)
     options = config["transfer"].get("options") or {}
-    teacher_free = [s for s in config["transfer"]["strategies"]
-                    if not make_strategy(s, options.get(s, {}), registry).needs_teacher]
+    names = dict.fromkeys([*config["transfer"]["strategies"], config["multi_teacher"]["strategy"]])
+    built = {s: make_strategy(s, options.get(s, {}), registry) for s in names}
     dataset = open_dataset(config["dataset"], registry)
     sizes = {split: len(load_split(config["dataset"], split, registry)) for split in SPLITS}
     costs = {slug: registry.get("model_sources", spec.source).preparation(spec, dataset.classes)
              for slug, spec in specs.items()}
-    return Facts(specs={slug: spec.to_dict() for slug, spec in specs.items()}, teacher_free=teacher_free,
+    return Facts(specs={slug: spec.to_dict() for slug, spec in specs.items()},
+                 teacher_free=[s for s, made in built.items() if not made.needs_teacher],
+                 uncached=[s for s, made in built.items() if not made.cacheable],
+                 trains_teacher=[s for s, made in built.items() if made.trains_teacher],
                  decodes=DatasetInfo.of(dataset).decodes, classes=len(dataset.classes), split_sizes=sizes,
                  codes=registry.code_table(), preparations={m: c for m, c in costs.items() if c is not None},
                  failures=[str(f) for f in registry.failures])

@@ -7,6 +7,7 @@ atomically like every other artifact.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from kt.artifacts import atomic_path
+from kt.names import NO_TEACHER
+from kt.transfer.rows import STEP, TERM_PREFIX
 
 ANNOTATE_MAX_MODELS = 25
 """Heatmap cells are labelled with their value up to this many models (beyond, labels overlap)."""
@@ -275,19 +278,196 @@ def plot_multi_teacher(groups: pl.DataFrame, out_png: str | Path) -> Path:
     return save_figure(fig, out_png)
 
 
+# ------------------------------------------------------------------------------- training curves
+
+RUN_KEYS = ["strategy", "teacher", "student", "seed"]
+"""What tells one run from another in the rows of several ``metrics.parquet`` tables."""
+CURVE_COLUMNS = ["strategy", "teacher", "student", "stage", "kind", "epoch", "step", "train_loss",
+                 "teacher_share", "eval_accuracy"]
+"""The columns of metrics.parquet (:mod:`kt.transfer.rows`) the curves draw, with the ``loss_<term>``
+columns; the others (lr, img/s, seconds, ...) are never read."""
+
+
+def read_curves(metrics_files: Iterable[str | Path]) -> Iterator[pl.DataFrame]:
+    """The curve columns of every run's ``metrics.parquet``, one student's runs at a time, each row
+    with its run's ``seed`` and, for a multi-teacher run, its mode as ``strategy`` (both from the run's
+    ``config.json``, as in the summary; seed 0 without one).
+
+    Why per student: a pair's figure needs the pair's runs and the student's controls together, and a
+    zoo's step rows never have to sit in memory at once. Files are scanned lazily and only
+    :data:`CURVE_COLUMNS` and the loss terms are read."""
+    from kt.transfer.run_folder import RunFolder  # no torch
+
+    by_student: dict[str, list[Path]] = {}
+    for path in map(Path, metrics_files):
+        student = pl.scan_parquet(path).select("student").head(1).collect().item()
+        by_student.setdefault(student, []).append(path)
+    for paths in by_student.values():
+        frames = []
+        for path in paths:
+            scan, folder = pl.scan_parquet(path), RunFolder(path.parent)
+            keep = [c for c in scan.collect_schema().names() if c in CURVE_COLUMNS or c.startswith(TERM_PREFIX)]
+            config = folder.read_config() if folder.complete else {}
+            keys = [pl.lit(config.get("settings", {}).get("seed", 0), pl.Int64).alias("seed")]
+            if "mode" in config:  # a multi-teacher run: its rows name the base strategy, the summary the mode
+                keys.append(pl.lit(config["mode"]).alias("strategy"))
+            frames.append(scan.select(keep).with_columns(keys).collect())
+        yield pl.concat(frames, how="diagonal_relaxed")
+
+
+def _curve_rows(table: pl.DataFrame) -> pl.DataFrame:
+    """Rows of metrics tables of either schema, ready to draw over optimiser steps.
+
+    A table without ``kind`` (written before step rows existed) has epoch rows only. ``trained`` marks
+    the rows whose training loss and teacher share are drawn: a run's step rows when it has any, else
+    its epoch rows (whose values are epoch means). A sequential group's stages each count steps from 0
+    (:func:`kt.multi.sequential`), so ``step`` is shifted by the earlier stages' steps (and ``stage``
+    dropped: applying this twice changes nothing). A teacher-free run's null teacher reads ``none``,
+    as in the summary. Sorted by run and step."""
+    if "seed" not in table.columns:
+        table = table.with_columns(pl.lit(0, pl.Int64).alias("seed"))
+    table = table.with_columns(pl.col("teacher").fill_null(NO_TEACHER))
+    step_row = (pl.col("kind") == STEP).fill_null(False) if "kind" in table.columns else pl.lit(False)
+    table = table.with_columns(step_row.alias("step_row"))
+    table = table.with_columns((pl.col("step_row") | ~pl.col("step_row").any().over(RUN_KEYS)).alias("trained"))
+    if "stage" in table.columns:
+        stage = pl.col("stage").fill_null(0)
+        ends = table.group_by(*RUN_KEYS, stage).agg(pl.col("step").max().alias("end")).sort("stage")
+        ends = ends.with_columns(pl.col("end").cum_sum().shift(1, fill_value=0).over(RUN_KEYS).alias("offset"))
+        table = (table.with_columns(stage).join(ends.drop("end"), on=[*RUN_KEYS, "stage"], how="left")
+                 .with_columns(pl.col("step") + pl.col("offset")).drop("stage", "offset"))
+    return table.sort([*RUN_KEYS, "step"], maintain_order=True)
+
+
+def _evaluated(rows: pl.DataFrame) -> pl.DataFrame:
+    """The rows with an eval accuracy (epoch rows: step rows have none). A soup's two rows share step 0:
+    its line is then a vertical jump from the student before to the soup."""
+    return rows.filter(pl.col("eval_accuracy").is_not_null() & pl.col("eval_accuracy").is_not_nan())
+
+
+def _draw(ax: Axes, rows: pl.DataFrame, y: str, x: str = "step", **style: object) -> bool:
+    """One run's curve of column ``y`` over ``x``, its nulls skipped (markers when the points are few);
+    whether there was anything to draw."""
+    points = rows.select(x, pl.col(y).cast(pl.Float64)).drop_nulls().filter(pl.col(y).is_not_nan())
+    if points.is_empty():
+        return False
+    style = {"lw": 1.2, "marker": "o" if len(points) <= 30 else None, "ms": 3} | style
+    ax.plot(points[x].to_numpy(), points[y].to_numpy(), **style)
+    return True
+
+
 def plot_epoch_curves(metrics: pl.DataFrame, out_png: str | Path) -> Path:
-    """Per-epoch evaluation accuracy of every run, relative to its start, one panel per strategy."""
-    strategies = metrics["strategy"].unique(maintain_order=True).to_list()
-    fig = Figure(figsize=(3.2 * len(strategies), 3))
-    axes = fig.subplots(1, len(strategies), sharey=True, squeeze=False)
-    for ax, s in zip(axes[0], strategies, strict=True):
-        for (teacher, student), run in metrics.filter(pl.col("strategy") == s).group_by(
-                "teacher", "student", maintain_order=True):
-            run = run.filter(pl.col("eval_accuracy").is_not_nan()).sort("epoch")
-            ax.plot(run["epoch"], run["eval_accuracy"] - run["eval_accuracy"][0], marker="o", ms=3, lw=1,
-                    label=f"{teacher}→{student}")
+    """Per-epoch evaluation accuracy of every run, relative to its start, one panel per strategy.
+
+    Why: one glance over all runs tells whether transfer still climbs at the last epoch (more epochs
+    would help) or peaked earlier. Epoch rows only (step rows are drawn per pair,
+    :func:`plot_pair_curves`); each seed is a line of its own."""
+    rows = _curve_rows(metrics)
+    rows = _evaluated(rows.filter(~pl.col("step_row"))).sort([*RUN_KEYS, "epoch"], maintain_order=True)
+    rows = rows.with_columns(change=pl.col("eval_accuracy") - pl.col("eval_accuracy").first().over(RUN_KEYS))
+    strategies = rows["strategy"].unique(maintain_order=True).to_list()
+    fig = Figure(figsize=(3.2 * max(1, len(strategies)), 3))
+    axes = fig.subplots(1, max(1, len(strategies)), sharey=True, squeeze=False)[0]
+    for ax, s in zip(axes, strategies, strict=False):
+        for (teacher, student, _), run in rows.filter(pl.col("strategy") == s).group_by(
+                "teacher", "student", "seed", maintain_order=True):
+            _draw(ax, run, "change", x="epoch", lw=1, label=f"{teacher}→{student}")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_title(s)
         ax.set_xlabel("epoch")
-    axes[0][0].set_ylabel("eval accuracy change (points)")
+    axes[0].set_ylabel("eval accuracy change (points)")
     return save_figure(fig, out_png)
+
+
+def plot_pair_curves(runs: pl.DataFrame, out_png: str | Path, colors: dict[str, str] | None = None) -> Path:
+    """The strategies of one pair (teacher → student) overlaid, with the student's teacher-free runs
+    (the ``ce`` control, dashed): eval accuracy, training loss and, when some strategy reports it, the
+    share of samples the teacher taught, over optimiser steps; a strategy's seeds share its colour.
+
+    Why: runs of one pair share the student, the data and the schedule, so their curves compare
+    directly, and the control shows what continued training on labels alone does over the same steps.
+    ``runs``: metrics rows of either schema (:func:`_curve_rows`), with ``seed`` when there are several."""
+    rows = _curve_rows(runs)
+    colors = colors or {s: f"C{i}" for i, s in enumerate(rows["strategy"].unique(maintain_order=True))}
+    panels = {"eval_accuracy": "eval accuracy (top-1 %)", "train_loss": "training loss"}
+    if rows["teacher_share"].is_not_null().any():
+        panels["teacher_share"] = "teacher share (of samples)"
+    fig = Figure(figsize=(1.5 + 3.6 * len(panels), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharex=True, squeeze=False)[0]
+    for (strategy, teacher, _, _), run in rows.partition_by(RUN_KEYS, as_dict=True, maintain_order=True).items():
+        style = {"color": colors.get(strategy, "grey"), "ls": "--" if teacher == NO_TEACHER else "-", "label": strategy}
+        for ax, column in zip(axes, panels, strict=True):
+            _draw(ax, _evaluated(run) if column == "eval_accuracy" else run.filter("trained"), column, **style)
+    legend = {}  # one entry a strategy, whichever panel and seed drew it
+    for ax, label in zip(axes, panels.values(), strict=True):
+        legend |= {name: line for line, name in zip(*ax.get_legend_handles_labels(), strict=True) if name not in legend}
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(legend.values(), legend.keys(), fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    teacher = next((t for t in rows["teacher"].unique(maintain_order=True) if t != NO_TEACHER), NO_TEACHER)
+    fig.suptitle(f"{teacher} → {rows['student'][0]}")
+    return save_figure(fig, out_png, dpi=100)
+
+
+def plot_run_curves(run: pl.DataFrame, out_png: str | Path) -> Path:
+    """One run's training loss (with each ``loss_<term>`` the strategy reports) and the share of
+    samples its teacher taught, over optimiser steps.
+
+    Why: a diverging loss, a term that dominates the others, or a teacher that teaches almost no
+    sample shows here before it shows in Δ. A strategy without a teacher mask (``teacher_share``
+    null) says so in the second panel. ``run``: one run's metrics rows, of either schema."""
+    rows = _curve_rows(run)
+    strategy, teacher, student, seed = rows.select(RUN_KEYS).row(0)
+    rows = rows.filter("trained")
+    terms = [c for c in rows.columns if c.startswith(TERM_PREFIX) and rows[c].is_not_null().any()]
+    fig = Figure(figsize=(8.0, 3.0), layout="constrained")
+    loss_ax, share_ax = fig.subplots(1, 2, sharex=True)
+    _draw(loss_ax, rows, "train_loss", color="k", label="loss")
+    for i, term in enumerate(terms):
+        _draw(loss_ax, rows, term, color=f"C{i}", lw=1, label=term.removeprefix(TERM_PREFIX))
+    if terms:
+        loss_ax.legend(fontsize=8)
+    loss_ax.set_ylabel("training loss")
+    if _draw(share_ax, rows, "teacher_share", color="C0"):
+        share_ax.set_ylim(-0.02, 1.02)
+        share_ax.set_ylabel("teacher share (of samples)")
+    else:
+        share_ax.set_axis_off()
+        share_ax.text(0.5, 0.5, "teacher share: not reported by this strategy", ha="center", va="center",
+                      transform=share_ax.transAxes, color="0.4")
+    for ax in (loss_ax, share_ax):
+        ax.set_xlabel("optimiser step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{strategy}: {teacher} → {student}, seed {seed}")
+    return save_figure(fig, out_png, dpi=100)
+
+
+def plot_training_curves(students: Iterable[pl.DataFrame], epoch_png: str | Path | None = None,
+                         pair_folder: str | Path | None = None, run_folder: str | Path | None = None) -> list[Path]:
+    """Every training-curve figure from :func:`read_curves`'s frames, one student's runs at a time:
+    ``epoch_png`` (:func:`plot_epoch_curves`, from the epoch rows alone), a figure per pair in
+    ``pair_folder/{teacher}__{student}.png`` (:func:`plot_pair_curves`, the student's teacher-free runs
+    in each) and one per run in ``run_folder/{strategy}/seed{seed}/{teacher}__{student}.png``
+    (:func:`plot_run_curves`). The folders are created even when empty (they are workflow outputs).
+    A strategy has one colour across all pair figures."""
+    pairs, each = (Path(f) if f is not None else None for f in (pair_folder, run_folder))
+    for folder in (pairs, each):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    out, epochs, colors = [], [], {}
+    for runs in students:
+        rows = _curve_rows(runs)
+        student = rows["student"][0]
+        for s in rows["strategy"].unique(maintain_order=True):
+            colors.setdefault(s, f"C{len(colors) % 10}")
+        epochs.append(rows.filter(~pl.col("step_row")).select(*RUN_KEYS, "epoch", "step", "eval_accuracy"))
+        teachers = [t for t in rows["teacher"].unique(maintain_order=True) if t != NO_TEACHER]
+        for teacher in teachers if pairs is not None else []:
+            out.append(plot_pair_curves(rows.filter(pl.col("teacher").is_in([teacher, NO_TEACHER])),
+                                        pairs / f"{teacher}__{student}.png", colors))
+        for (strategy, teacher, _, seed), run in rows.partition_by(RUN_KEYS, as_dict=True).items() if each else ():
+            out.append(plot_run_curves(run, each / strategy / f"seed{seed}" / f"{teacher}__{student}.png"))
+    if epoch_png is not None and epochs:
+        out.append(plot_epoch_curves(pl.concat(epochs, how="diagonal_relaxed"), epoch_png))
+    return out

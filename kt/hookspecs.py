@@ -28,3 +28,9 @@ def register_datasets(register: Register) -> None:
 @hookspec
 def register_strategies(register: Register) -> None:
     """Register transfer strategies: ``register("kl_dp", strategy)``; see ``kt.strategies``."""
+
+
+@hookspec
+def register_trackers(register: Register) -> None:
+    """Register experiment trackers: ``register("tensorboard", factory)``; each row of a run's metrics
+    goes to the trackers named in ``transfer.trackers``; see ``kt.trackers.Tracker``."""

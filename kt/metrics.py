@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from kt.artifacts import check_same_samples, read_logits, write_table
+from kt.artifacts import LogitsFile, check_same_samples, read_logits, write_table
 from kt.complementarity import TOP_P
 from kt.errors import KtError
-from kt.names import CONTROL, NO_TEACHER
+from kt.names import CONTROL, NO_TEACHER, reverse_of
 from kt.schema import default
 from kt.select import SIMILAR_WITHIN, bin_expr
 from kt.stats import bootstrap_ci, delta_ci, mcnemar_p, spearman
@@ -113,19 +114,35 @@ def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | P
               teacher: str, student: str, alpha: float = ALPHA, control: str | Path | None = None) -> pl.DataFrame:
     """Long-format metrics of one run folder: columns strategy, teacher, student, members,
     base_strategy, seed, metric, value. ``teacher_logits``: one file, or one per member of a group;
-    ``control``: the control run's ``eval_after.h5`` for the same student and seed."""
+    ``control``: the control run's ``eval_after.h5`` for the same student and seed. A strategy that
+    trains its teachers too (``bikd``) adds the reverse direction for each of them, as strategy
+    ``bikd:reverse`` (:func:`kt.names.reverse_of`; its own name keeps it apart from the ``bikd`` run of
+    the opposite pair): that teacher as the learner (``trained/{teacher}/``), the student's initial
+    predictions as its teacher's, no control."""
     folder = RunFolder(run_dir)
+    before = read_logits(folder.before)
+    files = [teacher_logits] if isinstance(teacher_logits, str | Path) else list(teacher_logits or [])
+    teachers = [read_logits(path) for path in files]
+    config = folder.read_config() if folder.complete else {}
+    keys = {"strategy": strategy, "teacher": teacher, "student": student,
+            "members": ",".join(config.get("members", [])) or teacher, "base_strategy": config.get("base_strategy"),
+            "seed": config.get("settings", {}).get("seed", 0)}
+    tables = [_direction(folder, teachers, control, alpha, keys)]
+    for learner in folder.trained_teachers():
+        reverse = keys | {"strategy": reverse_of(strategy), "teacher": student, "student": learner, "members": student}
+        tables.append(_direction(folder.trained(learner), [before], None, alpha, reverse))
+    return pl.concat(tables)
+
+
+def _direction(folder: RunFolder, teachers: list[LogitsFile], control: str | Path | None, alpha: float,
+               keys: dict[str, Any]) -> pl.DataFrame:
+    """The metrics of one learner in ``folder`` (its eval logits before and after) against ``teachers``
+    (read logits; none: flips against the learner itself), as :func:`run_table`'s rows."""
     before, after = read_logits(folder.before), read_logits(folder.after)
     check_same_samples(before, after, SAME_RUN_FIX)
-    files = [teacher_logits] if isinstance(teacher_logits, str | Path) else list(teacher_logits or [])
-    teacher_pred, teacher_attrs = [], []
-    for path in files:
-        t = read_logits(path)
+    for t in teachers:
         check_same_samples(before, t, SAME_RUN_FIX)
-        teacher_pred.append(t.predictions)
-        teacher_attrs.append(t.attrs)
-    if not teacher_pred:  # teacher-free strategies: flips are measured against the student itself
-        teacher_pred = [before.predictions]
+    teacher_pred = [t.predictions for t in teachers] or [before.predictions]
     control_pred = None
     if control is not None:
         reference = read_logits(control)
@@ -133,13 +150,8 @@ def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | P
         control_pred = reference.predictions
     values = run_metrics(before.predictions, after.predictions, np.stack(teacher_pred), before.labels,
                          before.logits.shape[1], alpha, control_pred)
-    config = folder.read_config() if folder.complete else {}
-    members = ",".join(config.get("members", [])) or teacher
-    keys = {"strategy": strategy, "teacher": teacher, "student": student, "members": members,
-            "base_strategy": config.get("base_strategy"), "seed": config.get("settings", {}).get("seed", 0)}
-    keys |= model_facts("student", [before.attrs]) | model_facts("teacher", teacher_attrs)
-    return pl.DataFrame(keys | {"metric": list(values), "value": list(values.values())},
-                        schema_overrides=KEY_SCHEMA)
+    keys = keys | model_facts("student", [before.attrs]) | model_facts("teacher", [t.attrs for t in teachers])
+    return pl.DataFrame(keys | {"metric": list(values), "value": list(values.values())}, schema_overrides=KEY_SCHEMA)
 
 
 KEY_SCHEMA = {"strategy": pl.String, "teacher": pl.String, "student": pl.String, "members": pl.String,

@@ -36,8 +36,9 @@ from kt.models import ModelSpec, create_model
 from kt.registry import Registry, get_registry
 from kt.schema import choices, defaults
 from kt.settings import TransferSettings
-from kt.transfer.evaluation import epoch_row, epoch_table, eval_logits, write_run
+from kt.transfer.evaluation import eval_logits, write_run
 from kt.transfer.loop import transfer
+from kt.transfer.rows import epoch_row, metrics_table
 from kt.transfer.run_folder import RunFolder
 
 ORDERS = choices("multi_teacher", "order")
@@ -76,8 +77,8 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
     """One single-teacher transfer per teacher, in curriculum order, each starting from the last.
 
     Stages live in ``out_dir/stages/{k}_{teacher}/``; the group's folder gets the first stage's
-    ``eval_before.h5``, the last stage's results and per-epoch metrics over all stages (``stage``,
-    ``stage_teacher`` columns; epochs counted across stages)."""
+    ``eval_before.h5``, the last stage's results and the metrics rows of all stages (``stage``,
+    ``stage_teacher`` columns; epochs and progress counted across stages, steps within each stage)."""
     out = RunFolder(out_dir)
     registry = registry or get_registry()
     settings = settings or TransferSettings()
@@ -94,12 +95,14 @@ def sequential(teachers: Sequence[ModelSpec], student: ModelSpec, strategy: str,
                 shutil.rmtree(stage.path)
             metrics = transfer(teacher, current, strategy, dataset, stage.path, settings, registry=registry,
                                before=previous_after, extra_config={"stage": k} | extra_config)
-        shift = (k - 1) * settings.epochs
+        shift = (k - 1) * settings.epochs  # epochs count across stages; steps count within each stage
+        shifted = [pl.col(c) + shift for c in ("epoch", "progress") if c in metrics.columns]  # older: no progress
         frames.append(metrics.filter(pl.col("epoch") > 0 if k > 1 else pl.lit(True)).with_columns(
-            pl.col("epoch") + shift, pl.lit(k).alias("stage"), pl.lit(teacher.slug).alias("stage_teacher")))
+            *shifted, pl.lit(k).alias("stage"), pl.lit(teacher.slug).alias("stage_teacher")))
         current = replace(student, weights=str(stage.weights))
         previous_after = stage.after
-    metrics = pl.concat(frames).with_columns(pl.lit("sequential").alias("strategy"), pl.lit(group).alias("teacher"))
+    metrics = pl.concat(frames, how="diagonal_relaxed").with_columns(pl.lit("sequential").alias("strategy"),
+                                                                     pl.lit(group).alias("teacher"))
     first, last = out.stage(1, stages[0].slug), out.stage(len(stages), stages[-1].slug)
     config = last.read_config() | extra_config | {
         "teacher": None, "teachers": [t.to_dict() for t in stages], "student": student.to_dict()}
@@ -209,7 +212,7 @@ def soup(member_runs: Sequence[str | Path], dataset: dict[str, Any], out_dir: st
               "dataset": dataset, "settings": configs[0]["settings"]}
     epochs = configs[0]["settings"]["epochs"]
     rows = [epoch_row(0, 0, None, None, 0.0, before, evald), epoch_row(epochs, 0, None, None, 0.0, after, evald)]
-    metrics = epoch_table(rows).with_columns(pl.lit("soup").alias("strategy"), pl.lit(group).alias("teacher"),
+    metrics = metrics_table(rows).with_columns(pl.lit("soup").alias("strategy"), pl.lit(group).alias("teacher"),
                                               pl.lit(student.slug).alias("student"))
     write_run(out, model, student, after, evald, dataset, config, metrics)
     return metrics

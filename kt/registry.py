@@ -19,6 +19,7 @@ import inspect
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from kt.errors import KtError, closest
 log = logging.getLogger("kt")
 
 BUILTIN_PLUGINS = ("kt.plugins.timm_source", "kt.plugins.open_clip_source",
-                   "kt.plugins.torchvision_source", "kt.plugins.datasets", "kt.plugins.strategies")
+                   "kt.plugins.torchvision_source", "kt.plugins.datasets", "kt.plugins.strategies",
+                   "kt.plugins.trackers")
 ENTRY_POINT_GROUP = "kt"
 BUILTIN_CODE = f"kt {kt_version}"  # the code version of built-in plugins (and of kt's own rules)
 NO_ENTRY_POINTS_ENV = "KT_NO_ENTRY_POINTS"
@@ -42,7 +44,9 @@ KINDS = {
     "model_sources": ("register_model_sources", "model source"),
     "datasets": ("register_datasets", "dataset"),
     "strategies": ("register_strategies", "strategy"),
+    "trackers": ("register_trackers", "tracker"),
 }
+OPTION_KINDS = ("datasets", "strategies", "trackers")  # kinds registered as factories taking options
 REQUIRED = "(required)"  # how options() marks a parameter without a default
 
 
@@ -66,6 +70,15 @@ def entry_points_enabled(entry_points: bool | None = None) -> bool:
     if entry_points is not None:
         return entry_points
     return os.environ.get(NO_ENTRY_POINTS_ENV, "").strip().lower() not in ("1", "true", "yes")
+
+
+def check_declared(options: Iterable[str], accepted: dict[str, Any] | None, plugin: str, where: str) -> None:
+    """Each of ``options`` one that the plugin's factory declares (``accepted``, from
+    :meth:`Registry.options`; None: it takes any keyword), else a KtError naming ``where`` and the closest."""
+    for option in options if accepted is not None else ():
+        if option not in accepted:
+            raise KtError(f"{where}.{option}: {plugin} has no option {option!r}.{closest(option, accepted)} "
+                          f"Its options: {', '.join(accepted) or 'none'} (see `kt plugins`).")
 
 
 @dataclass
@@ -232,12 +245,12 @@ class Registry:
         return sorted(self.tables[kind])
 
     def options(self, kind: str, name: str) -> dict[str, Any] | None:
-        """The options of a registered dataset factory or strategy (see :func:`options`)."""
+        """The options of a registered dataset factory, strategy or tracker (see :func:`options`)."""
         return options(self.get(kind, name))
 
     def plugin_records(self) -> list[dict[str, Any]]:
-        """One record per plugin: name, origin, status, what it registered and, for datasets and
-        strategies, their options with defaults (for ``kt plugins``); failed plugins last."""
+        """One record per plugin: name, origin, status, what it registered and, for datasets,
+        strategies and trackers, their options with defaults (for ``kt plugins``); failed plugins last."""
         out = []
         for name, plugin in self.pm.list_name_plugin():  # in load order
             registered = {kind: sorted(n for n, e in table.items() if e.plugin == name)
@@ -247,7 +260,7 @@ class Registry:
                       "hooks": sorted(h.name for h in self.pm.get_hookcallers(plugin) or []),
                       "registered": {k: v for k, v in registered.items() if v}}
             opts = {kind: {n: _jsonable(options(self.tables[kind][n].obj)) for n in names}
-                    for kind, names in record["registered"].items() if kind in ("datasets", "strategies")}
+                    for kind, names in record["registered"].items() if kind in OPTION_KINDS}
             if opts:
                 record["options"] = opts
             out.append(record)

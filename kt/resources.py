@@ -163,14 +163,17 @@ def runtime_min(seconds: float, *, safety: float, attempt: int = 1) -> int:
 
 
 def transfer_seconds(student: ModelCost, teachers: list[ModelCost], *, train_images: int, eval_images: int,
-                     epochs: int, evaluations: int, cached: bool) -> float:
+                     epochs: int, evaluations: int, cached: bool, trained: bool = False) -> float:
     """One transfer: ``epochs`` passes of student steps (plus the frozen teachers and initial
     student online, unless a frozen-output cache holds them) and ``evaluations`` passes over the
-    eval split."""
+    eval split. ``trained``: the teachers train too (bikd): a training step and evaluations each."""
     step = TRAIN_COST / student.images_per_s
-    if not cached:
+    if trained:
+        step += sum(TRAIN_COST / t.images_per_s for t in teachers)
+    elif not cached:
         step += 1 / student.images_per_s + sum(1 / t.images_per_s for t in teachers)
-    return train_images * epochs * step + eval_images * evaluations / student.images_per_s
+    evaluated = [student, *teachers] if trained else [student]
+    return train_images * epochs * step + sum(eval_images * evaluations / m.images_per_s for m in evaluated)
 
 
 def forward_seconds(models: list[ModelCost], images: int) -> float:

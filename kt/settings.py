@@ -37,6 +37,13 @@ class TransferSettings:
     decode: str = default("decode")  # evaluation and un-augmented views: reference or fast (kt.preprocess)
     eval_batch_size: int = 512
     options: dict[str, Any] = field(default_factory=dict)
+    log_every: int = _DEFAULTS["log_every"]  # a step row of metrics.parquet every N steps of an epoch (0: none)
+    trackers: list[str | dict[str, Any]] = field(default_factory=lambda: list(_DEFAULTS["trackers"]))
+    results: str | None = None  # the workflow's results folder, where trackers keep their stores (kt.trackers)
+
+    # what never changes a result (the weights, the evaluations): out of the digest, so that a run
+    # resumes or a finished stage counts as done whatever they are
+    NOT_RESULTS = frozenset({"device", "eval_batch_size", "workers", "log_every", "trackers", "results"})
 
     def learning_rate(self, strategy: Strategy) -> float:
         """Hands the strategy the batch size first (:meth:`Strategy.configure`: XE-KL+MCL scales its lr
@@ -45,7 +52,8 @@ class TransferSettings:
         return strategy.lr or self.lr or 1e-4 * self.batch_size / 256
 
     def digest(self) -> str:
-        skip = {"device", "eval_batch_size", "workers"}
-        return hashlib.sha256(json.dumps({k: v for k, v in asdict(self).items() if k not in skip},
+        """What ``state.pt`` and a finished sequential stage must match: every setting but
+        :attr:`NOT_RESULTS` (a digest computed before they existed stays the same)."""
+        return hashlib.sha256(json.dumps({k: v for k, v in asdict(self).items() if k not in self.NOT_RESULTS},
                                          sort_keys=True).encode()).hexdigest()[:16]
 

@@ -8,6 +8,7 @@ devices, AMP, seeding and checkpoints. Definitions follow Roth et al. (ICLR 2024
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -27,13 +28,19 @@ class Outputs:
     """Logits of one batch: the student being trained, the teacher(s) and the frozen initial student.
 
     ``teacher`` is the first of ``teachers``; single-teacher strategies read only it, strategies
-    with ``multi_teacher = True`` (parallel multi-teacher transfer) read them all."""
+    with ``multi_teacher = True`` (parallel multi-teacher transfer) read them all. Teachers' logits
+    carry gradients only for a strategy with ``trains_teacher = True``."""
 
     student: torch.Tensor
     teacher: torch.Tensor | None = None
     initial: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     teachers: list[torch.Tensor] = field(default_factory=list)
+    # the features a strategy declares (Strategy.features), by module name: the student's, and one dict
+    # per teacher; empty for strategies that declare none
+    student_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_features: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    positions: torch.Tensor | None = None  # the samples' positions in the transfer set (memory banks)
 
     def __post_init__(self) -> None:
         if not self.teachers and self.teacher is not None:
@@ -61,13 +68,39 @@ def most_confident(candidates: torch.Tensor, labels: torch.Tensor | None) -> tor
     return conf.argmax(0)  # argmax returns the first of equal maxima
 
 
-class Loss(NamedTuple):
-    """What :meth:`Strategy.loss` returns when it partitions the batch: the loss, and where a teacher
-    was the target (bool ``(B,)``), whose share is the ``teacher_share`` column of metrics.parquet.
-    Returned rather than stored on the strategy, so the mask always belongs to the loss it came with."""
-
+class _LossPair(NamedTuple):
     value: torch.Tensor
     teacher_mask: torch.Tensor | None = None
+
+
+class Loss(_LossPair):
+    """What :meth:`Strategy.loss` returns when it partitions the batch or has named terms: the loss;
+    where a teacher was the target (bool ``(B,)``), whose share is the ``teacher_share`` column of
+    metrics.parquet; and the loss's terms by name (``terms``: scalar tensors, e.g. ``{"kl": ..., "ce":
+    ...}``), which the training curves show beside the total. Returned rather than stored on the
+    strategy, so the mask and terms always belong to the loss they came with. Unpacks as the pair
+    ``value, mask`` (as before terms existed); ``terms`` is an attribute."""
+
+    terms: dict[str, torch.Tensor] | None
+
+    def __new__(cls, value: torch.Tensor, teacher_mask: torch.Tensor | None = None,
+                terms: dict[str, torch.Tensor] | None = None) -> Loss:
+        self = super().__new__(cls, value, teacher_mask)
+        self.terms = terms
+        return self
+
+
+@dataclass
+class Context:
+    """What :meth:`Strategy.build` sizes its modules from: the number of samples in the transfer set and
+    their labels (``(N,)``, for memory banks and class-aware sampling), the number of classes, and the
+    size of each declared feature (flattened) per model: ``feature_dims["student"]["pooled"]``, and
+    ``feature_dims["teacher"]`` for the first teacher."""
+
+    num_samples: int
+    num_classes: int
+    labels: torch.Tensor
+    feature_dims: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 _WARNED_LAST_MASK: set[str] = set()
@@ -98,6 +131,17 @@ class Strategy:
     needs_teacher: bool = field(default=True, init=False)
     needs_initial: bool = field(default=False, init=False)
     multi_teacher: bool = field(default=False, init=False)  # reads every teacher of Outputs.teachers
+    # module names whose outputs loss() reads (Outputs.student_features / teacher_features), captured
+    # by forward hooks; "pooled" is the input of the final linear layer (pooled penultimate features)
+    features: tuple[str, ...] = field(default=(), init=False)
+    trains_teacher: bool = field(default=False, init=False)  # the teachers learn too, with their own optimiser
+    teacher_lr: float | None = field(default=None, init=False)  # None: the student's learning rate
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether the frozen-output cache can stand in for the teacher: it holds the frozen models'
+        logits only, so not for a teacher that trains, nor for features it does not hold."""
+        return not self.trains_teacher and not self.features
 
     def loss(self, out: Outputs) -> torch.Tensor | Loss:
         """The batch's loss: a scalar tensor, or a :class:`Loss` when the strategy partitions the batch."""
@@ -106,6 +150,13 @@ class Strategy:
     def configure(self, batch_size: int) -> None:
         """Called once per run with the training batch size (the one found by an automatic search),
         before :attr:`lr` is read and the optimiser built: for options whose default scales with the batch."""
+
+    def build(self, context: Context) -> dict[str, torch.nn.Module]:
+        """Called once at set-up, before a resume: the modules the strategy owns (embedding heads, memory
+        banks), by name. The loop moves them to the device, trains their parameters with the student's
+        (same optimiser and learning rate), and saves their state (parameters and buffers) in the resume
+        point and in the run folder's ``strategy.pt``. Keep references to them: ``loss`` uses them."""
+        return {}
 
     def setup(self, student: torch.nn.Module) -> None:
         """Called once before training (also after resuming) with the initial student."""
@@ -336,6 +387,177 @@ class XEKLMCL(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.slow = state.get("slow")
 
+
+
+@dataclass
+class BiKD(Strategy):
+    """``bikd``: bidirectional knowledge distillation (TMLR 2025, "Simplifying Knowledge
+    Transfer in Pretrained Models"), as ``src/train_bi_kd.py`` (two models) and ``src/train_tri_kd.py`` /
+    ``train_quad_kd.py`` (three, four) in the authors' code (Syd-J/Bi-KD). Every model trains: the
+    student with the run's optimiser, the teachers with their own (``teacher_lr``; None: the student's).
+    Per sample, with p_i = softmax(z_i) (T = 1) and c_i = p_i[y] each model's probability of the label:
+
+    * two models: the teacher teaches where c_t > c_s, else (ties included) the student does; the
+      teacher's term KL(p_t ‖ p_s), the student's KL(p_s ‖ p_t);
+    * n models: the one model with the highest c teaches each other one, KL(p_k ‖ p_j) summed over j;
+      a sample whose highest c is shared gets no KL term;
+
+    loss = Σ_i CE(z_i, y) + mean over the batch of the teaching model's term. As in the authors'
+    code, neither side is detached: the teaching model also gets the KL's gradient. kt computes
+    log p with ``log_softmax`` (the code: ``softmax(z).log()``, the same where no probability
+    underflows). The code trains with Adam at lr 1e-6 for both models; kt's optimiser is SGD at the
+    run's learning rate. The teacher mask (``teacher_share``) marks samples taught by a teacher."""
+
+    def __post_init__(self) -> None:
+        self.multi_teacher = True
+        self.trains_teacher = True
+
+    def loss(self, out: Outputs) -> Loss:
+        logits = [out.student.float(), *(t.float() for t in out.teachers)]
+        log_p = torch.stack([F.log_softmax(z, 1) for z in logits])  # K x B x C
+        conf = log_p.exp().gather(2, out.labels[None, :, None].expand(len(logits), -1, 1))[..., 0]  # K x B
+        best = conf.max(0)
+        if len(logits) == 2:  # the student teaches on ties (train_bi_kd.py: mask_s = gt_t <= gt_s)
+            teacher = (conf[1] > conf[0]).long()
+            valid = torch.ones_like(teacher, dtype=torch.bool)
+        else:  # train_tri_kd.py: only samples with one most confident model
+            teacher, valid = best.indices, (conf == best.values).sum(0) == 1
+        rows = torch.arange(len(teacher), device=teacher.device)
+        source = log_p[teacher, rows]  # B x C, the teaching model's log-probabilities
+        kl = (source.exp()[None] * (source[None] - log_p)).sum(2).sum(0)  # Σ_j KL(p_k || p_j); 0 for j = k
+        ce = [F.cross_entropy(z, out.labels) for z in logits]
+        kd = (kl * valid).mean()
+        terms = {"kd": kd.detach(), "ce_student": ce[0].detach(), "ce_teachers": sum(ce[1:]).detach()}
+        return Loss(sum(ce) + kd, teacher_mask=valid & (teacher > 0), terms=terms)
+
+
+@dataclass
+class CRD(Strategy):
+    """``crd``: contrastive representation distillation (Tian et al., ICLR 2020), as the paper's code
+    runs it (ExplainableML/FantasticGains ``distillation/contrastive/``: RepDistiller's ``CRDLoss``,
+    ``ContrastMemory`` and ``ContrastLoss``; ``config/distillation/crd_dist.yaml``). On the pooled
+    penultimate features of student and teacher:
+
+    * embedding heads ``Linear(dim, feat_dim)`` + L2 norm for each (trained with the student);
+    * two memory banks (N x feat_dim, uniform in ±1/sqrt(feat_dim/3)) of student and teacher
+      embeddings, updated at each sample's position: m·old + (1 − m)·new, renormalised;
+    * per sample, the positive (its own position) and ``nce_k`` negatives drawn with replacement from
+      the other classes; scores exp(⟨memory row, embedding⟩ / nce_t) / Z, Z fixed from the first batch
+      as mean score × N;
+    * NCE: −(Σ log P₊/(P₊ + K/N) + Σ log (K/N)/(P₋ + K/N)) / B for each side (eps 1e-7), summed.
+
+    loss = gamma·CE(z_s, y) + alpha·KL(T) + beta·CRD with the paper's gamma 1, alpha 0, beta 0.8, T 4
+    and nce_k 4096 (RepDistiller's default: 16384; its "CRD+KD" is alpha 1). ``nce_k`` is clipped to
+    the number of samples outside the largest class. Teacher features are read from the teacher in
+    eval mode (the paper's code leaves its backbone in train mode)."""
+
+    temperature: float = 4.0
+    gamma: float = 1.0
+    alpha: float = 0.0
+    beta: float = 0.8
+    feat_dim: int = 128
+    nce_k: int = 4096
+    nce_t: float = 0.07
+    nce_m: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.features = ("pooled",)
+        if self.nce_k < 1 or self.nce_t <= 0 or not 0 <= self.nce_m < 1 or self.feat_dim < 1:
+            raise KtError(f"crd needs nce_k >= 1, nce_t > 0, 0 <= nce_m < 1 and feat_dim >= 1 (got nce_k="
+                          f"{self.nce_k}, nce_t={self.nce_t}, nce_m={self.nce_m}, feat_dim={self.feat_dim}).")
+
+    def build(self, context: Context) -> dict[str, torch.nn.Module]:
+        dims = context.feature_dims
+        self.embed_s = Embed(dims["student"]["pooled"], self.feat_dim)
+        self.embed_t = Embed(dims["teacher"]["pooled"], self.feat_dim)
+        self.memory = ContrastMemory(self.feat_dim, context.labels, self.nce_k, self.nce_t, self.nce_m)
+        return {"embed_s": self.embed_s, "embed_t": self.embed_t, "memory": self.memory}
+
+    def loss(self, out: Outputs) -> Loss:
+        student = out.student.float()
+        f_s = self.embed_s(out.student_features["pooled"].float())
+        f_t = self.embed_t(out.teacher_features[0]["pooled"].float().detach())
+        scores_s, scores_t = self.memory(f_s, f_t, out.positions.to(f_s.device), out.labels)
+        crd = contrast_loss(scores_s, self.memory.k, self.memory.n) + contrast_loss(scores_t, self.memory.k,
+                                                                                    self.memory.n)
+        ce = F.cross_entropy(student, out.labels)
+        value = self.gamma * ce + self.beta * crd
+        terms = {"crd": crd.detach(), "ce": ce.detach()}
+        if self.alpha:
+            kl = kl_div(student, out.teacher, self.temperature).mean()
+            value, terms["kl"] = value + self.alpha * kl, kl.detach()
+        return Loss(value, terms=terms)
+
+
+class Embed(torch.nn.Module):
+    """RepDistiller's ``Embed``: a linear map to the embedding, L2-normalised (no epsilon, as there)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x.flatten(1))
+        return x / x.pow(2).sum(1, keepdim=True).sqrt()
+
+
+class ContrastMemory(torch.nn.Module):
+    """RepDistiller's ``ContrastMemory`` with the paper code's sampling: memory banks of both models'
+    embeddings, the normalising constants (fixed from the first batch, then saved with the banks), and
+    negatives from the other classes. Buffers only: nothing in it is trained by the optimiser."""
+
+    def __init__(self, dim: int, labels: torch.Tensor, k: int, temperature: float, momentum: float) -> None:
+        super().__init__()
+        labels = labels.long().cpu()
+        self.n = len(labels)
+        counts = torch.bincount(labels)
+        self.k = min(k, self.n - int(counts.max()))
+        if self.k < 1:
+            raise KtError("crd needs samples of at least two classes in the transfer set.")
+        self.temperature, self.momentum = temperature, momentum
+        stdv = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("memory_s", torch.rand(self.n, dim).mul_(2 * stdv).add_(-stdv))
+        self.register_buffer("memory_t", torch.rand(self.n, dim).mul_(2 * stdv).add_(-stdv))
+        self.register_buffer("z", torch.full((2,), -1.0))  # Z_s, Z_t: -1 until the first batch
+        order = torch.argsort(labels, stable=True)  # positions grouped by class, for sampling outside one
+        self.register_buffer("by_class", order, persistent=False)
+        self.register_buffer("starts", torch.cumsum(counts, 0) - counts, persistent=False)
+        self.register_buffer("counts", counts, persistent=False)
+
+    def negatives(self, labels: torch.Tensor) -> torch.Tensor:
+        """B x k positions drawn uniformly, with replacement, from the samples of other classes (the
+        paper's ``get_contrast_idx``): a draw u in [0, N − n_y) skips class y's block of ``by_class``."""
+        labels = labels.to(self.counts.device)
+        outside = (self.n - self.counts[labels]).cpu()[:, None]  # drawn on the CPU: the run's seeded generator
+        u = (torch.rand(len(labels), self.k, dtype=torch.float64) * outside).long().to(labels.device)
+        start = self.starts[labels][:, None]
+        return self.by_class[u + (u >= start) * self.counts[labels][:, None]]
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (B x (1 + k)) of the student's embedding against the teacher's bank and the teacher's
+        against the student's (positive first), then the banks updated at ``positions``."""
+        idx = torch.cat([positions[:, None], self.negatives(labels).to(positions.device)], 1)
+        scores_s = torch.exp(torch.bmm(self.memory_t[idx].detach(), f_s[:, :, None])[..., 0] / self.temperature)
+        scores_t = torch.exp(torch.bmm(self.memory_s[idx].detach(), f_t[:, :, None])[..., 0] / self.temperature)
+        with torch.no_grad():
+            for i, scores in enumerate((scores_s, scores_t)):
+                if self.z[i] < 0:
+                    self.z[i] = scores.mean() * self.n
+        scores_s, scores_t = scores_s / self.z[0], scores_t / self.z[1]
+        with torch.no_grad():
+            for bank, f in ((self.memory_s, f_s), (self.memory_t, f_t)):
+                row = bank[positions] * self.momentum + f.detach() * (1 - self.momentum)
+                bank[positions] = row / row.pow(2).sum(1, keepdim=True).sqrt()
+        return scores_s, scores_t
+
+
+def contrast_loss(scores: torch.Tensor, k: int, n: int, eps: float = 1e-7) -> torch.Tensor:
+    """RepDistiller's ``ContrastLoss``: NCE with noise K/N; ``scores`` B x (1 + K), positive first."""
+    noise = k / n
+    log_pos = torch.log(scores[:, 0] / (scores[:, 0] + noise + eps))
+    log_neg = torch.log(noise / (scores[:, 1:] + noise + eps))
+    return -(log_pos.sum() + log_neg.sum()) / len(scores)
 
 def make_strategy(name: str, options: dict[str, Any], registry: Registry) -> Strategy:
     """The strategy registered as ``name``, built with its config options; whatever its own checks

@@ -33,6 +33,21 @@ TINY_RESNET_ARGS = {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "stem
 TINY_PREPROCESS = {"size": 28, "crop_pct": 1.0}
 
 
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The Figure objects the kt.figures functions save (still written, for the PNG check)."""
+    import kt.figures
+
+    saved, save = [], kt.figures.save_figure
+
+    def keep(fig, out_png, **kw):
+        saved.append(fig)
+        return save(fig, out_png, **kw)
+
+    monkeypatch.setattr(kt.figures, "save_figure", keep)
+    return saved
+
+
 @pytest.fixture(scope="session")
 def fmnist() -> dict:
     """The dataset config of a small stratified Fashion-MNIST subset (200 eval, 300 train images)."""
@@ -91,6 +106,22 @@ class TinyDatasetPlugin:
 @pytest.fixture
 def tiny_dataset_plugin() -> TinyDatasetPlugin:
     return TinyDatasetPlugin()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, fmnist: dict) -> tuple[ModelSpec, ModelSpec]:
+    """(teacher, student): tiny timm ResNets with seeded random weights saved to files (seeds 1 and 2)."""
+    folder = tmp_path_factory.mktemp("transfer-weights")
+    specs = []
+    for role, seed in (("teacher", 1), ("student", 2)):
+        torch.manual_seed(seed)
+        model = create_model(ModelSpec(id="timm:resnet18", num_classes=10, args=TINY_RESNET_ARGS,
+                                       preprocess=TINY_PREPROCESS, pretrained=False))
+        path = folder / f"{role}.pth"
+        torch.save(model.body.state_dict(), path)
+        specs.append(ModelSpec(id="timm:resnet18", weights=str(path), num_classes=10, args=TINY_RESNET_ARGS,
+                               preprocess=TINY_PREPROCESS, name=f"tiny_{role}"))
+    return specs[0], specs[1]
 
 
 def run_kt(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -418,21 +418,6 @@ def test_parallel_loading_reports_the_first_bad_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ figures
 
 
-@pytest.fixture
-def figures(monkeypatch: pytest.MonkeyPatch) -> list:
-    """The Figure objects the kt.figures functions save (still written, for the PNG check)."""
-    import kt.figures
-
-    saved, save = [], kt.figures.save_figure
-
-    def keep(fig, out_png, **kw):
-        saved.append(fig)
-        return save(fig, out_png, **kw)
-
-    monkeypatch.setattr(kt.figures, "save_figure", keep)
-    return saved
-
-
 def pair_frame(m: int, seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     acc = rng.uniform(60, 90, m)

@@ -124,6 +124,11 @@ def test_zoo_preprocessing_and_classes_come_from_the_dataset() -> None:
      r"torchvision has no weights 'IMAGENET1K_V9' for resnet50\. Did you mean: IMAGENET1K_V2, IMAGENET1K_V1\?"),
     (lambda c: c.update(models=["open_clip:RN50/opena1"]),
      r"open_clip has no weights 'opena1' for RN50\. Did you mean: openai\?"),
+    (lambda c: c["transfer"].update(trackers=["tensorboard", "wandbb"]),
+     r"config key transfer\.trackers\[1\]: unknown tracker 'wandbb'\. Did you mean: wandb\? "
+     r"Known: mlflow, tensorboard, wandb\."),
+    (lambda c: c["transfer"].update(trackers=[{"name": "mlflow", "url": "x"}]),
+     r"config key transfer\.trackers\[0\]\.url: tracker 'mlflow' has no option 'url'\. Did you mean: uri\?"),
 ])
 def test_misspellings_are_named_with_their_key(change, message: str) -> None:
     with pytest.raises(KtError, match=message):
@@ -134,6 +139,7 @@ def test_misspellings_are_named_with_their_key(change, message: str) -> None:
     (lambda c: c["transfer"].update(options={"kl": {"temprature": 2}}), "transfer.options.kl.temprature"),
     (lambda c: c.update(models=["timm:resnet50.no_such_tag"]), "no_such_tag"),
     (lambda c: c.update(dataset={"name": "imagefolder", "rooot": "/data"}), "dataset.rooot"),
+    (lambda c: c["transfer"].update(trackers=["tensorbord"]), "transfer.trackers[0]: unknown tracker 'tensorbord'"),
 ])
 def test_misspellings_fail_the_dry_run(tmp_path: Path, change, expected: str) -> None:
     config = copy.deepcopy(DEFAULT)

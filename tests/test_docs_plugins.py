@@ -9,6 +9,7 @@ import math
 import re
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from kt.models import Classifier, ModelSpec, create_model
 from kt.preprocess import Preprocessing, normalize
 from kt.registry import Registry
 from kt.strategies import Outputs, kl_div
+from kt.trackers import check_trackers
 from kt.transfer import TransferSettings, make_strategy, transfer  # make_strategy: re-exported from kt.strategies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +32,8 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
 MARKER = re.compile(r"# example: (.+)")
 HOOKS = {"model source": "register_model_sources", "any-name model source": "register_model_sources",
          "preparing model source": "register_model_sources", "dataset": "register_datasets",
-         "strategy": "register_strategies"}
+         "strategy": "register_strategies", "feature strategy": "register_strategies",
+         "tracker": "register_trackers"}
 
 
 def doc_examples() -> dict[str, str]:
@@ -348,6 +351,34 @@ def test_strategy_option_mistakes_name_the_config_key(strategies: Registry) -> N
         check_strategy_options(config, strategies)
 
 
+# --- tracker ---------------------------------------------------------------------------------------------
+
+
+def test_tracker_gets_every_row_of_a_transfer(tmp_path: Path) -> None:
+    """linear:mlp teaches linear:flat on colours with kl_confident, a step row every step (3 an epoch): the
+    jsonl file holds the run's identity, then every row of metrics.parquet at its step, as kt.trackers.scalars
+    names it; `kt plugins` shows the option the page quotes, and a misspelt option stops the config check."""
+    registry = registry_of("model source", "dataset", "strategy", "tracker")
+    record = {r["name"]: r for r in registry.plugin_records()}["docs_example_tracker"]
+    assert record["registered"] == {"trackers": ["jsonl"]}
+    assert f'"jsonl": {json.dumps(record["options"]["trackers"]["jsonl"])}' in DOC.read_text()
+    settings = TransferSettings(epochs=2, batch_size=10, augment="none", device="cpu", eval_batch_size=64,
+                                log_every=1, trackers=[{"name": "jsonl", "dir": str(tmp_path / "curves")}],
+                                results=str(tmp_path), options={"threshold": 0.34})
+    metrics = transfer(ModelSpec(id="linear:mlp", args={"hidden": 16}), ModelSpec(id="linear:flat"), "kl_confident",
+                       {"name": "colours", "n_train": 30, "n_eval": 12}, tmp_path / "transfer" / "kl_confident" / "run",
+                       settings, registry=registry)
+    header, *lines = map(json.loads, (tmp_path / "curves" / "transfer" / "kl_confident" / "run.jsonl").open())
+    assert header == {"run": {"pair": "linear__mlp -> linear__flat [kl_confident]", "strategy": "kl_confident",
+                              "seed": 0}}
+    assert [line["step"] for line in lines] == metrics["step"].to_list() == [0, 1, 2, 3, 3, 4, 5, 6, 6]
+    for line, row in zip(lines, metrics.iter_rows(named=True), strict=True):
+        assert line.get(f"{row['kind']}/train_loss") == row["train_loss"]
+        assert line.get(f"{row['kind']}/eval_accuracy") == row["eval_accuracy"]
+    with pytest.raises(KtError, match=r"tracker 'jsonl' has no option 'dri'. Did you mean: dir\?"):
+        check_trackers([{"name": "jsonl", "dri": "x"}], registry)
+
+
 # --- all three in kt's training loop -------------------------------------------------------------------
 
 
@@ -387,3 +418,41 @@ def test_the_preparing_source_builds_its_artifact_once_and_loads_it(tmp_path: Pa
     torch.testing.assert_close(prepared(x), direct(x))  # the stored prototypes are the ones it derives
     with pytest.raises(KtError, match="prepared for other classes"):
         create_model(ModelSpec(id="proto:names", args={"prepared": str(tmp_path / "p.h5")}), ["cat"], registry)
+
+
+def test_feature_strategy_worked_loss() -> None:
+    """fitnet_pooled with weight 2, hint w = [1, -1], b = 0.5: student features [1, 0] and [0, 2] map to
+    1.5 and -1.5, the teacher's are 1.0 and 0.5, so the hint is ((0.5)² + (-2)²) / 2 = 2.125; equal
+    logits make KL 0, and the loss is 2 x 2.125 = 4.25."""
+    from kt.strategies import Context
+
+    strategy = make_strategy("fitnet_pooled", {"weight": 2.0}, registry_of("feature strategy"))
+    assert strategy.features == ("pooled",) and not strategy.cacheable and not strategy.trains_teacher
+    modules = strategy.build(Context(4, 3, torch.tensor([0, 1, 2, 0]), {"student": {"pooled": 2},
+                                                                       "teacher": {"pooled": 1}}))
+    assert set(modules) == {"hint"}
+    with torch.no_grad():
+        strategy.hint.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        strategy.hint.bias.fill_(0.5)
+    out = Outputs(student=torch.zeros(2, 3), teachers=[torch.zeros(2, 3)],
+                  student_features={"pooled": torch.tensor([[1.0, 0.0], [0.0, 2.0]])},
+                  teacher_features=[{"pooled": torch.tensor([[1.0], [0.5]])}])
+    result = strategy.loss(out)
+    assert result.value.item() == pytest.approx(4.25) and result.terms["hint"].item() == pytest.approx(2.125)
+    assert result.terms["kl"].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_feature_strategy_trains_its_hint_in_a_transfer(tmp_path: Path) -> None:
+    """linear:mlp teaches linear:flat on colours with fitnet_pooled: the hint maps the student's pooled
+    features (its flattened input: 3 x 8 x 8 at linear's size 8) onto the teacher's (its 16 hidden units)."""
+    registry = registry_of("model source", "dataset", "feature strategy")
+    dataset = {"name": "colours", "n_train": 30, "n_eval": 12}
+    settings = TransferSettings(epochs=2, batch_size=10, augment="none", device="cpu", eval_batch_size=64)
+    transfer(ModelSpec(id="linear:mlp", args={"hidden": 16}), ModelSpec(id="linear:flat"), "fitnet_pooled",
+             dataset, tmp_path, settings, registry=registry)
+    transfer(ModelSpec(id="linear:mlp", args={"hidden": 16}), ModelSpec(id="linear:flat"), "fitnet_pooled",
+             dataset, tmp_path / "untrained", replace(settings, epochs=0), registry=registry)
+    hint = torch.load(tmp_path / "strategy.pt", weights_only=True)
+    assert hint["hint.weight"].shape == (16, 3 * 8 * 8) and hint["hint.bias"].shape == (16,)
+    built = torch.load(tmp_path / "untrained" / "strategy.pt", weights_only=True)  # same seed, no step
+    assert not torch.equal(hint["hint.weight"], built["hint.weight"])  # trained with the student

@@ -272,3 +272,141 @@ def test_the_summary_csv_keeps_tiny_p_values(tmp_path: Path) -> None:
     assert back["delta"].to_list() == [3.3123, 0.2, None]
     assert back["mcnemar_p"].to_list() == [2.33e-37, 0.362, None]
     assert pl.read_parquet(tmp_path / "s.parquet").equals(table)
+
+
+# ------------------------------------------------------------------------------ training curves
+# metrics.parquet by hand, in both schemas. Epochs of 10 optimiser steps.
+
+FLOATS = {c: pl.Float64 for c in ("train_loss", "teacher_share", "eval_accuracy", "seconds", "lr", "img_per_s",
+                                  "loss_kl", "loss_ce")} | {"teacher": pl.String}
+
+
+def epochs_only(strategy: str, teacher: str | None, accs: list[float], losses: list[float],
+                shares: list[float] | None = None, **keys: object) -> pl.DataFrame:
+    """metrics.parquet before step rows: no ``kind``, one row per epoch, epoch 0 without a loss."""
+    n = len(accs)
+    return pl.DataFrame({"epoch": range(n), "step": [10 * e for e in range(n)], "train_loss": [None, *losses],
+                         "teacher_share": [None, *(shares or [None] * (n - 1))], "eval_accuracy": accs,
+                         "seconds": 1.0, "strategy": strategy, "teacher": teacher, "student": "s"} | keys,
+                        schema_overrides=FLOATS)
+
+
+def with_steps() -> pl.DataFrame:
+    """kl_dp from teacher a as kt.transfer.rows writes it: step rows every 5 steps (their epoch counted
+    from 1, no eval accuracy) beside the epoch rows, with loss terms, lr and img/s."""
+    step = {"kind": "step", "epoch": [1, 1, 2, 2], "step": [5, 10, 15, 20], "train_loss": [2.5, 2.0, 1.7, 1.4],
+            "teacher_share": [0.3, 0.35, 0.4, 0.45], "eval_accuracy": None,
+            "loss_kl": [2.0, 1.6, 1.3, 1.0], "loss_ce": [0.5, 0.4, 0.4, 0.4], "lr": 0.01, "img_per_s": 900.0}
+    epoch = {"kind": "epoch", "epoch": [0, 1, 2], "step": [0, 10, 20], "train_loss": [None, 2.25, 1.55],
+             "teacher_share": [None, 0.325, 0.425], "eval_accuracy": [50.0, 57.0, 61.0],
+             "loss_kl": [None, 1.8, 1.15], "loss_ce": [None, 0.45, 0.4], "lr": 0.01, "img_per_s": None}
+    keys = {"seconds": 1.0, "strategy": "kl_dp", "teacher": "a", "student": "s"}
+    return pl.concat([pl.DataFrame(rows | keys, schema_overrides=FLOATS) for rows in (step, epoch)],
+                     how="diagonal_relaxed")
+
+
+def curves(ax) -> list[tuple[str, list[list[float]]]]:
+    """(label, points) of each labelled line of ``ax`` (reference lines such as y = 0 have none)."""
+    return [(line.get_label(), line.get_xydata().tolist()) for line in ax.lines if not line.get_label().startswith("_")]
+
+
+def test_pair_figure_overlays_strategies_of_both_schemas_with_the_control(tmp_path: Path, figures: list) -> None:
+    from kt.figures import plot_pair_curves
+
+    runs = pl.concat([epochs_only("kl", "a", [50.0, 55.0, 60.0], [2.0, 1.5], seed=0),
+                      epochs_only("kl", "a", [50.0, 54.0, 58.0], [2.1, 1.6], seed=1),
+                      with_steps().with_columns(seed=pl.lit(0)),
+                      epochs_only("ce", None, [50.0, 52.0, 53.0], [1.0, 0.9], seed=0)],  # the control: null teacher
+                     how="diagonal_relaxed")
+    plot_pair_curves(runs, tmp_path / "a__s.png")
+    fig = figures[-1]
+    accuracy, loss, share = fig.axes  # a teacher share panel: kl_dp reports one
+    assert fig.get_suptitle() == "a → s"
+    assert curves(accuracy) == [("ce", [[0, 50], [10, 52], [20, 53]]), ("kl", [[0, 50], [10, 55], [20, 60]]),
+                                ("kl", [[0, 50], [10, 54], [20, 58]]),
+                                ("kl_dp", [[0, 50], [10, 57], [20, 61]])]  # from its epoch rows
+    assert curves(loss) == [("ce", [[10, 1.0], [20, 0.9]]), ("kl", [[10, 2.0], [20, 1.5]]),
+                            ("kl", [[10, 2.1], [20, 1.6]]),
+                            ("kl_dp", [[5, 2.5], [10, 2.0], [15, 1.7], [20, 1.4]])]  # its step rows, not epoch means
+    assert curves(share) == [("kl_dp", [[5, 0.3], [10, 0.35], [15, 0.4], [20, 0.45]])]
+    ce, kl0, kl1, kl_dp = accuracy.lines
+    assert ce.get_linestyle() == "--" and kl0.get_linestyle() == "-"
+    assert kl0.get_color() == kl1.get_color() != kl_dp.get_color()  # a strategy's seeds share its colour
+    assert [t.get_text() for t in share.get_legend().get_texts()] == ["ce", "kl", "kl_dp"]
+    # no strategy with a teacher mask: no share panel
+    plot_pair_curves(runs.filter(pl.col("strategy") != "kl_dp"), tmp_path / "no_share.png")
+    assert [ax.get_ylabel() for ax in figures[-1].axes] == ["eval accuracy (top-1 %)", "training loss"]
+
+
+def test_run_figure_draws_loss_terms_and_says_when_a_strategy_reports_no_teacher_share(tmp_path: Path,
+                                                                                     figures: list) -> None:
+    from kt.figures import plot_run_curves
+
+    plot_run_curves(with_steps(), tmp_path / "kl_dp.png")
+    loss, share = figures[-1].axes
+    assert curves(loss) == [("loss", [[5, 2.5], [10, 2.0], [15, 1.7], [20, 1.4]]),
+                            ("kl", [[5, 2.0], [10, 1.6], [15, 1.3], [20, 1.0]]),
+                            ("ce", [[5, 0.5], [10, 0.4], [15, 0.4], [20, 0.4]])]
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["loss", "kl", "ce"]
+    assert [line.get_xydata().tolist() for line in share.lines] == [[[5, 0.3], [10, 0.35], [15, 0.4], [20, 0.45]]]
+    assert figures[-1].get_suptitle() == "kl_dp: a → s, seed 0"
+
+    plot_run_curves(epochs_only("kl", "a", [50.0, 55.0, 60.0], [2.0, 1.5]), tmp_path / "kl.png")
+    loss, share = figures[-1].axes
+    assert curves(loss) == [("loss", [[10, 2.0], [20, 1.5]])] and loss.get_legend() is None  # no terms
+    assert not share.lines and not share.axison
+    assert [t.get_text() for t in share.texts] == ["teacher share: not reported by this strategy"]
+
+
+def test_curves_count_a_sequential_groups_steps_across_stages(tmp_path: Path, figures: list) -> None:
+    """Each stage counts steps from 0 (kt.multi.sequential); its epochs already count across stages."""
+    from kt.figures import plot_epoch_curves, plot_pair_curves
+
+    run = epochs_only("sequential", "g", [50.0, 55.0, 58.0], [1.0, 0.8], stage=[1, 1, 2]).with_columns(
+        step=pl.Series([0, 10, 10]))  # stage 2's epoch 0 row is left out, as kt.multi.sequential writes it
+    soup = epochs_only("soup", "g", [50.0, 56.0], [None]).with_columns(step=pl.lit(0))  # no training: step 0
+    plot_pair_curves(pl.concat([run, soup], how="diagonal_relaxed"), tmp_path / "g__s.png")
+    accuracy, loss = figures[-1].axes
+    assert curves(accuracy) == [("sequential", [[0, 50], [10, 55], [20, 58]]), ("soup", [[0, 50], [0, 56]])]
+    assert curves(loss) == [("sequential", [[10, 1.0], [20, 0.8]])]
+    # the per-epoch figure: epoch rows of either schema, each seed its own line, relative to its start
+    plot_epoch_curves(pl.concat([run, with_steps()], how="diagonal_relaxed"), tmp_path / "epochs.png")
+    kl_dp, sequential = figures[-1].axes
+    assert curves(kl_dp) == [("a→s", [[0, 0], [1, 7], [2, 11]])]
+    assert curves(sequential) == [("g→s", [[0, 0], [1, 5], [2, 8]])]
+
+
+def test_training_curves_are_read_a_student_at_a_time_and_named_for_the_report(tmp_path: Path) -> None:
+    """Seeds and multi-teacher modes come from config.json; files are named as the report's patterns."""
+    import json
+
+    from kt.figures import plot_training_curves, read_curves
+
+    def run(folder: str, table: pl.DataFrame, seed: int, **config: str) -> Path:
+        path = tmp_path / "transfer" / folder / f"seed{seed}"
+        path.mkdir(parents=True)
+        table.write_parquet(path / "metrics.parquet")
+        (path / "config.json").write_text(json.dumps({"settings": {"seed": seed}} | config))
+        return path / "metrics.parquet"
+
+    files = [run("kl/a__s", epochs_only("kl", "a", [50.0, 55.0], [2.0]), 0),
+             run("kl/a__s", epochs_only("kl", "a", [50.0, 56.0], [2.1]), 1),
+             run("kl/s__t", epochs_only("kl", "s", [40.0, 45.0], [2.0], student="t"), 0),
+             run("ce/none__s", epochs_only("ce", None, [50.0, 51.0], [1.0]), 0),
+             run("kl_dp/a__s", with_steps(), 0),
+             run("parallel/g__s", epochs_only("kl_dp", "g", [50.0, 58.0], [1.2], [0.5]), 0, mode="parallel")]
+    students = list(read_curves(files))
+    assert [frame["student"].unique().to_list() for frame in students] == [["s"], ["t"]]
+    s = students[0]
+    assert "lr" not in s.columns and {"loss_kl", "loss_ce", "kind"} <= set(s.columns)  # only what is drawn
+    assert sorted(s.select("strategy", "teacher", "seed").unique().rows(), key=str) == sorted(
+        [("kl", "a", 0), ("kl", "a", 1), ("ce", None, 0), ("kl_dp", "a", 0), ("parallel", "g", 0)], key=str)
+    out = plot_training_curves(read_curves(files), tmp_path / "epoch_curves.png", tmp_path / "pairs",
+                               tmp_path / "runs")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in out) == [
+        "epoch_curves.png", "pairs/a__s.png", "pairs/g__s.png", "pairs/s__t.png",
+        "runs/ce/seed0/none__s.png", "runs/kl/seed0/a__s.png", "runs/kl/seed0/s__t.png", "runs/kl/seed1/a__s.png",
+        "runs/kl_dp/seed0/a__s.png", "runs/parallel/seed0/g__s.png"]
+    assert all(p.stat().st_size > 1000 for p in out)
+    empty = plot_training_curves([], None, tmp_path / "no_pairs", tmp_path / "no_runs")
+    assert empty == [] and (tmp_path / "no_pairs").is_dir() and (tmp_path / "no_runs").is_dir()  # workflow outputs

@@ -68,6 +68,7 @@ def test_builtin_plugins_register_the_builtin_names() -> None:
     assert records["kt.plugins.timm_source"]["registered"] == {"model_sources": ["timm"]}
     assert records["kt.plugins.timm_source"]["hooks"] == ["register_model_sources"]
     assert records["kt.plugins.datasets"]["registered"] == {"datasets": ["fashion_mnist", "imagefolder"]}
+    assert records["kt.plugins.trackers"]["registered"] == {"trackers": ["mlflow", "tensorboard", "wandb"]}
 
 
 def test_code_plugin_appears_in_the_records_and_builds_models(registry: Registry) -> None:
@@ -217,7 +218,8 @@ def test_misspelled_hook_is_a_named_failure_and_the_others_keep_working(tmp_path
     [failure] = reg.failures
     assert (failure.name, failure.origin) == ("kt_local_typo_plugin", str(path))
     assert failure.error == ("implements an unknown hook register_strategy. "
-                             "Known hooks: register_model_sources, register_datasets, register_strategies.")
+                             "Known hooks: register_model_sources, register_datasets, register_strategies, "
+                             "register_trackers.")
     assert "ones" in reg.names("datasets")  # the folder's other plugin still works
     # a name the broken plugin might have registered: the error points at the failure
     with pytest.raises(KtError, match=r"unknown strategy 'x'\..* Note: plugin 'kt_local_typo_plugin' "
@@ -284,8 +286,9 @@ def test_a_hook_with_a_wrong_signature_or_that_raises_is_a_named_failure(tmp_pat
     assert "reg" in failures["kt_local_bad_signature"]
     assert failures["kt_local_raises"] == "register_strategies raised RuntimeError: no GPU driver"
     assert "half_done" not in reg.names("datasets") and "ones" in reg.names("datasets")
-    assert [r["name"] for r in reg.plugin_records()][:5] == list(BUILTIN_PLUGINS)  # load order, failures last
-    assert [r["status"] for r in reg.plugin_records()][-2:] == ["failed", "failed"]
+    records = reg.plugin_records()
+    assert [r["name"] for r in records][:len(BUILTIN_PLUGINS)] == list(BUILTIN_PLUGINS)  # load order, failures last
+    assert [r["status"] for r in records][-2:] == ["failed", "failed"]
 
 
 def test_two_folders_with_a_file_of_the_same_name_both_load(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ TEACHER = [[3.0, 0.0, -1.0], [0.5, 0.5, 1.0], [-2.0, 4.0, 0.0]]
 
 
 def close(value: torch.Tensor | float, expected: float, rel: float = 1e-5) -> bool:
+    value = value.detach() if isinstance(value, torch.Tensor) else value
     return float(value) == pytest.approx(expected, rel=rel, abs=1e-7)
 
 
@@ -713,3 +714,149 @@ def test_adaptconf_ce_weight_adds_cross_entropy_on_the_labels() -> None:
     xent_mean = sum(-math.log(np_softmax(s)[y]) for s, y in zip(S4, Y4, strict=True)) / 3
     out = Outputs(student=t(S4), teacher=t(T4), labels=torch.tensor(Y4))
     assert close(AdaptConf(ce_weight=0.5).loss(out), expected + 0.5 * xent_mean)
+
+
+# ---------------------------------------------------------------------------------------------- bikd
+
+
+def test_bikd_defaults_and_registration() -> None:
+    from kt.strategies import BiKD
+
+    strategy = Registry().get("strategies", "bikd")()
+    assert isinstance(strategy, BiKD)
+    assert strategy.trains_teacher and strategy.multi_teacher and not strategy.cacheable
+    assert strategy.features == () and strategy.teacher_lr is None
+
+
+def test_bikd_two_models_matches_the_authors_step_by_hand() -> None:
+    """train_bi_kd.py on logits z_t = [[2,0,0],[0,1,0]], z_s = [[1,0,0],[0,2,0]], y = [0, 1]: the teacher
+    is more confident on row 0 (0.787 > 0.576), the student on row 1; loss = CE_t + CE_s +
+    mean(KL(p_t||p_s) on row 0, KL(p_s||p_t) on row 1) = 0.889875 (worked out with numpy from the code)."""
+    from kt.strategies import BiKD
+
+    zt, zs, y = [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], [0, 1]
+    ce = sum(xent(r, c) for model in (zt, zs) for r, c in zip(model, y, strict=True)) / 2
+    by_hand = ce + (kl(zt[0], zs[0]) + kl(zs[1], zt[1])) / 2
+    assert by_hand == pytest.approx(0.889875, abs=1e-6)
+    student, teacher = t(zs).requires_grad_(), t(zt).requires_grad_()
+    result = BiKD().loss(Outputs(student=student, teacher=teacher, labels=torch.tensor(y)))
+    assert close(result.value, by_hand)
+    assert result.teacher_mask.tolist() == [True, False]  # row 0 taught by the teacher
+    assert close(result.terms["kd"], (kl(zt[0], zs[0]) + kl(zs[1], zt[1])) / 2)
+    result.value.backward()  # as in the authors' code, the teaching side is not detached
+    assert teacher.grad is not None and student.grad is not None
+    assert teacher.grad[1].abs().sum() > 0  # the teacher learns on row 1 from the KL it is the target of
+
+
+def test_bikd_two_models_tie_goes_to_the_student() -> None:
+    from kt.strategies import BiKD
+
+    same = t([[1.0, 0.0], [0.0, 1.0]])
+    result = BiKD().loss(Outputs(student=same, teacher=same.clone(), labels=torch.tensor([0, 1])))
+    assert result.teacher_mask.tolist() == [False, False]
+    assert close(result.value, 2 * xent([1.0, 0.0], 0))  # identical models: no KL, two CE terms
+
+
+def test_bikd_three_models_most_confident_teaches_all_and_ties_teach_none() -> None:
+    """train_tri_kd.py: per sample, the one model with the highest true-class probability adds
+    KL(p_k || p_j) for each other model j; a shared maximum adds nothing (but counts in the mean)."""
+    from kt.strategies import BiKD
+
+    s = [[0.0, 0.0], [3.0, 0.0], [1.0, 0.0]]
+    t1 = [[2.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    t2 = [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    y = [0, 0, 0]  # row 0: teacher 1 most confident; row 1: the student; row 2: student and teacher 1 tie
+    kd = ((kl(t1[0], s[0]) + kl(t1[0], t2[0])) + (kl(s[1], t1[1]) + kl(s[1], t2[1])) + 0.0) / 3
+    ce = sum(sum(xent(r, 0) for r in m) / 3 for m in (s, t1, t2))
+    result = BiKD().loss(Outputs(student=t(s), teachers=[t(t1), t(t2)], labels=torch.tensor(y)))
+    assert close(result.value, ce + kd)
+    assert result.teacher_mask.tolist() == [True, False, False]
+
+
+# ---------------------------------------------------------------------------------------------- crd
+
+
+def test_contrast_loss_matches_repdistillers_formula_by_hand() -> None:
+    """ContrastLoss on scores [[0.5, 0.1, 0.2], [1.0, 0.3, 0.05]] with N = 10, K = 2 (noise K/N = 0.2):
+    -(Σ log P₊/(P₊ + 0.2) + Σ log 0.2/(P₋ + 0.2)) / 2 = 1.378421."""
+    from kt.strategies import contrast_loss
+
+    scores = t([[0.5, 0.1, 0.2], [1.0, 0.3, 0.05]])
+    by_hand = -(math.log(0.5 / 0.7) + math.log(1.0 / 1.2) + math.log(0.2 / 0.3) + math.log(0.2 / 0.4)
+                + math.log(0.2 / 0.5) + math.log(0.2 / 0.25)) / 2
+    assert by_hand == pytest.approx(1.378421, abs=1e-6)
+    assert close(contrast_loss(scores, k=2, n=10), by_hand, rel=1e-5)
+
+
+def test_crd_negatives_come_from_other_classes_uniformly() -> None:
+    from kt.strategies import ContrastMemory
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    memory = ContrastMemory(4, labels, k=5000, temperature=0.07, momentum=0.5)
+    assert memory.k == 10 - 4  # clipped to the samples outside the largest class
+    torch.manual_seed(0)
+    query = torch.tensor([0, 2, 3])
+    drawn = memory.negatives(query)
+    assert drawn.shape == (3, 6)
+    for row, c in zip(drawn, query.tolist(), strict=True):
+        assert (labels[row] != c).all()
+    many = ContrastMemory(4, labels, k=6, temperature=0.07, momentum=0.5)
+    draws = torch.cat([many.negatives(torch.tensor([2])) for _ in range(4000)]).flatten()
+    counts = torch.bincount(draws, minlength=10)
+    outside = counts[labels != 2].double()
+    assert counts[labels == 2].sum() == 0 and (outside / outside.mean() - 1).abs().max() < 0.05  # uniform
+
+
+def test_crd_scores_normaliser_and_memory_update_by_hand() -> None:
+    """Two samples of different classes, feat_dim 2, K = 1: the positive's score is exp(<m_t[i], f_s>/T) / Z
+    with Z = mean of the first batch's scores x N; afterwards memory_s[i] = normalise(m·old + (1 − m)·f_s)."""
+    from kt.strategies import ContrastMemory
+
+    memory = ContrastMemory(2, torch.tensor([0, 1]), k=1, temperature=0.5, momentum=0.5)
+    memory.memory_s.copy_(t([[1.0, 0.0], [0.0, 1.0]]))
+    memory.memory_t.copy_(t([[0.6, 0.8], [0.8, -0.6]]))
+    f_s, f_t = t([[0.0, 1.0], [1.0, 0.0]]), t([[1.0, 0.0], [0.0, 1.0]])
+    scores_s, scores_t = memory(f_s, f_t, torch.tensor([0, 1]), torch.tensor([0, 1]))
+    # each sample's one negative is the other sample: rows of memory_t in order (own, other)
+    raw_s = [[math.exp(0.8 / 0.5), math.exp(-0.6 / 0.5)], [math.exp(0.8 / 0.5), math.exp(0.6 / 0.5)]]
+    z_s = sum(map(sum, raw_s)) / 4 * 2
+    assert torch.allclose(scores_s, t(raw_s) / z_s, rtol=1e-5)
+    raw_t = [[math.exp(1.0 / 0.5), math.exp(0.0)], [math.exp(1.0 / 0.5), math.exp(0.0)]]
+    assert torch.allclose(scores_t, t(raw_t) / (sum(map(sum, raw_t)) / 4 * 2), rtol=1e-5)
+    half = 1 / math.sqrt(2)
+    assert torch.allclose(memory.memory_s, t([[half, half], [half, half]]), atol=1e-6)
+    assert float(memory.z[0]) == pytest.approx(z_s, rel=1e-5)  # fixed from now on
+
+
+def test_crd_loss_is_ce_plus_beta_times_both_nce_terms() -> None:
+    from kt.strategies import CRD, Context, contrast_loss
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    strategy = CRD(nce_k=3)
+    modules = strategy.build(Context(6, 3, labels, {"student": {"pooled": 5}, "teacher": {"pooled": 7}}))
+    assert set(modules) == {"embed_s", "embed_t", "memory"} and modules["embed_s"].linear.in_features == 5
+    fs, ft, zs = torch.randn(3, 5), torch.randn(3, 7), torch.randn(3, 3)
+    pos, y = torch.tensor([0, 1, 2]), labels[:3]
+    out = Outputs(student=zs, teacher=torch.randn(3, 3), labels=y, positions=pos,
+                  student_features={"pooled": fs}, teacher_features=[{"pooled": ft}])
+    state = {k: v.clone() for k, v in modules["memory"].state_dict().items()}
+    rng = torch.get_rng_state()
+    result = strategy.loss(out)
+    modules["memory"].load_state_dict(state)  # replay the same step by hand
+    torch.set_rng_state(rng)
+    s_scores, t_scores = modules["memory"](strategy.embed_s(fs), strategy.embed_t(ft), pos, y)
+    nce = contrast_loss(s_scores, 3, 6) + contrast_loss(t_scores, 3, 6)
+    assert close(result.value, float((F.cross_entropy(zs, y) + 0.8 * nce).detach()))
+    assert close(result.terms["crd"], float(nce)) and "kl" not in result.terms
+
+
+def test_crd_declares_pooled_features_and_is_not_cacheable() -> None:
+    from kt.strategies import CRD
+
+    strategy = Registry().get("strategies", "crd")()
+    assert strategy.features == ("pooled",) and not strategy.cacheable and not strategy.trains_teacher
+    options = (strategy.gamma, strategy.alpha, strategy.beta, strategy.temperature, strategy.nce_k)
+    assert options == (1.0, 0.0, 0.8, 4.0, 4096)
+    with pytest.raises(KtError, match="nce_t > 0"):
+        CRD(nce_t=0)

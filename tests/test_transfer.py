@@ -22,7 +22,6 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_PREPROCESS, TINY_RESNET_ARGS
 
 import kt
 import kt.strategies
@@ -45,22 +44,6 @@ DATASET = {"name": "fashion_mnist", "subset": {"train": 256, "eval": 200}}
 SETTINGS = TransferSettings(epochs=2, batch_size=64, lr=0.01, device="cpu")
 RUN_FILES = {"student.pth", "eval_before.h5", "eval_after.h5", "metrics.parquet", "config.json"}
 STEPS_PER_EPOCH = 256 // 64
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory, fmnist: dict) -> tuple[ModelSpec, ModelSpec]:
-    """(teacher, student): tiny timm ResNets with seeded random weights saved to files (seeds 1 and 2)."""
-    folder = tmp_path_factory.mktemp("transfer-weights")
-    specs = []
-    for role, seed in (("teacher", 1), ("student", 2)):
-        torch.manual_seed(seed)
-        model = create_model(ModelSpec(id="timm:resnet18", num_classes=10, args=TINY_RESNET_ARGS,
-                                       preprocess=TINY_PREPROCESS, pretrained=False))
-        path = folder / f"{role}.pth"
-        torch.save(model.body.state_dict(), path)
-        specs.append(ModelSpec(id="timm:resnet18", weights=str(path), num_classes=10, args=TINY_RESNET_ARGS,
-                               preprocess=TINY_PREPROCESS, name=f"tiny_{role}"))
-    return specs[0], specs[1]
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +192,7 @@ def test_metrics_and_log_hold_only_real_numbers(tmp_path: Path, pair, caplog: py
     caplog.set_level("INFO", logger="kt")
     metrics = transfer(*pair, "kl", DATASET, tmp_path, replace(SETTINGS, eval_every=0), registry=Registry())
     saved = pl.read_parquet(tmp_path / "metrics.parquet")
-    assert dict(saved.schema) == {**kt.transfer.EPOCH_COLUMNS, "strategy": pl.String, "teacher": pl.String,
+    assert dict(saved.schema) == {**kt.transfer.METRIC_COLUMNS, "strategy": pl.String, "teacher": pl.String,
                                   "student": pl.String}
     assert saved["teacher_share"].to_list() == [None, None, None]
     assert saved["train_loss"][0] is None and all(np.isfinite(saved["train_loss"].to_list()[1:]))
@@ -217,13 +200,13 @@ def test_metrics_and_log_hold_only_real_numbers(tmp_path: Path, pair, caplog: py
     assert acc[1] is None
     assert acc[0] == pytest.approx(read_logits(tmp_path / "eval_before.h5").accuracy)
     assert acc[2] == pytest.approx(read_logits(tmp_path / "eval_after.h5").accuracy)
-    assert saved.select(pl.selectors.float().is_nan().any()).row(0) == (False,) * 4
+    assert not any(saved.select(pl.selectors.float().is_nan().any()).row(0))
     text = caplog.text
     assert "nan" not in text.lower()
     assert "epoch 1: loss" in text and f"eval {acc[2]:.2f} % after transfer ({acc[0]:.2f} % before)" in text
     assert metrics.equals(saved)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert all(f"`{column}`" in readme for column in kt.transfer.EPOCH_COLUMNS)  # every column documented
+    assert all(f"`{column}`" in readme for column in kt.transfer.METRIC_COLUMNS)  # every column documented
 
 
 # ---------------------------------------------------------------------------------------------- reused eval logits
@@ -503,8 +486,8 @@ def test_batch_size_probe_leaves_the_student_as_it_was(pair) -> None:
     stay, no gradient is left (run here on the CPU, the same code path)."""
     student = create_model(pair[1], [str(c) for c in range(10)]).train()
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    kt.transfer.loop._probe_step(student, [create_model(pair[0], [str(c) for c in range(10)]).eval()], 8,
-                            torch.device("cpu"))
+    kt.transfer.loop._probe_step([student], [create_model(pair[0], [str(c) for c in range(10)]).eval()], 8,
+                                    torch.device("cpu"))
     after = student.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in student.parameters())

@@ -3,7 +3,7 @@
 from functools import partial
 
 import kt
-from kt.strategies import CE, DKD, KL, KLDP, XEKL, XEKLMCL, AdaptConf
+from kt.strategies import CE, CRD, DKD, KL, KLDP, XEKL, XEKLMCL, AdaptConf, BiKD
 
 
 @kt.hookimpl
@@ -16,3 +16,5 @@ def register_strategies(register):
     register("xekl_mcl", XEKLMCL)
     register("dkd", DKD)
     register("adaptconf", AdaptConf)
+    register("crd", CRD)
+    register("bikd", BiKD)

@@ -2,7 +2,8 @@
 
 * :mod:`~kt.transfer.loop`: the training loop (:func:`transfer`);
 * :mod:`~kt.transfer.cache`: the frozen-output cache (:func:`build_cache`) and the frozen models' logits;
-* :mod:`~kt.transfer.evaluation`: eval logits, the rows of ``metrics.parquet``, the run's results;
+* :mod:`~kt.transfer.evaluation`: eval logits and the run's results;
+* :mod:`~kt.transfer.rows`: the rows of ``metrics.parquet`` (epoch and step rows), its schema;
 * :mod:`~kt.transfer.run_folder`: :class:`RunFolder`, every file name of a run folder, its completion
   marker and resume state;
 * :mod:`~kt.transfer.views`: what each model sees of a batch.
@@ -20,8 +21,8 @@ _MODULES = {
     "kt.transfer.loop": ("CHECK_EVERY", "as_teachers", "transfer"),
     "kt.transfer.cache": ("CACHE_FLUSH_EVERY", "CACHE_NAMES", "COPY_ROWS", "FrozenCache", "FrozenLogits",
                           "build_cache", "cache_attrs", "check_cache_space", "load_cache"),
-    "kt.transfer.evaluation": ("EPOCH_COLUMNS", "epoch_row", "epoch_table", "eval_logits", "initial_eval",
-                               "write_run"),
+    "kt.transfer.evaluation": ("eval_logits", "initial_eval", "write_run"),
+    "kt.transfer.rows": ("METRIC_COLUMNS", "epoch_row", "epoch_rows", "metrics_table", "step_row"),
     "kt.transfer.run_folder": ("RunFolder",),
     "kt.transfer.views": ("reference_models", "view_for"),
     "kt.settings": ("TransferSettings",),
@@ -30,10 +31,10 @@ _MODULES = {
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
-    "CACHE_FLUSH_EVERY", "CACHE_NAMES", "CHECK_EVERY", "COPY_ROWS", "EPOCH_COLUMNS", "FrozenCache", "FrozenLogits",
+    "CACHE_FLUSH_EVERY", "CACHE_NAMES", "CHECK_EVERY", "COPY_ROWS", "FrozenCache", "FrozenLogits", "METRIC_COLUMNS",
     "RunFolder", "TransferSettings", "as_teachers", "build_cache", "cache_attrs", "check_cache_space", "epoch_row",
-    "epoch_table", "eval_logits", "initial_eval", "load_cache", "make_strategy", "reference_models", "transfer",
-    "view_for", "write_run",
+    "epoch_rows", "eval_logits", "initial_eval", "load_cache", "make_strategy", "metrics_table", "reference_models",
+    "step_row", "transfer", "view_for", "write_run",
 ]
 
 
@@ -64,7 +65,8 @@ if TYPE_CHECKING:
         check_cache_space,
         load_cache,
     )
-    from kt.transfer.evaluation import EPOCH_COLUMNS, epoch_row, epoch_table, eval_logits, initial_eval, write_run
+    from kt.transfer.evaluation import eval_logits, initial_eval, write_run
     from kt.transfer.loop import CHECK_EVERY, as_teachers, transfer
+    from kt.transfer.rows import METRIC_COLUMNS, epoch_row, epoch_rows, metrics_table, step_row
     from kt.transfer.run_folder import RunFolder
     from kt.transfer.views import reference_models, view_for

@@ -1,5 +1,5 @@
-"""A transfer's evaluations and results: eval-split logits before, between and after training, the
-per-epoch rows of ``metrics.parquet``, and the run folder's results (shared with :mod:`kt.multi`).
+"""A transfer's evaluations and results: eval-split logits before, between and after training, and the
+run folder's results (shared with :mod:`kt.multi`). The rows of ``metrics.parquet``: :mod:`kt.transfer.rows`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import polars as pl
 import torch
 
 from kt.allocator import release
-from kt.artifacts import atomic_path, check_model, check_same_samples, logits_attrs, read_logits, top1, write_logits
+from kt.artifacts import atomic_path, check_model, check_same_samples, logits_attrs, read_logits, write_logits
 from kt.data import Split
 from kt.errors import KtError
 from kt.extract import predict
@@ -52,35 +52,13 @@ def initial_eval(model: Classifier, data: Split, settings: TransferSettings, dev
     return known.logits
 
 
-# metrics.parquet, one row per epoch (epoch 0: before training); null where a value does not exist
-EPOCH_COLUMNS = {
-    "epoch": pl.Int64,            # epochs finished (0: the initial student)
-    "step": pl.Int64,             # optimiser steps so far
-    "train_loss": pl.Float64,     # mean strategy loss over the epoch's steps (null at epoch 0)
-    "teacher_share": pl.Float64,  # share of samples whose target was a teacher (strategies whose loss
-                                  # returns a teacher mask: kl_dp, kl_dp_unsup; null for the others)
-    "eval_accuracy": pl.Float64,  # top-1 % on the eval split (null on epochs not evaluated: eval_every)
-    "seconds": pl.Float64,        # wall time of the epoch
-}
-
-
-def epoch_row(epoch: int, step: int, loss: float | None, share: float | None, seconds: float,
-              logits: np.ndarray | None, evald: Split) -> dict[str, Any]:
-    """One row of metrics.parquet (see :data:`EPOCH_COLUMNS`)."""
-    return {"epoch": epoch, "step": step, "train_loss": loss, "teacher_share": share,
-            "eval_accuracy": top1(logits, evald.labels) if logits is not None else None, "seconds": seconds}
-
-
-def epoch_table(history: list[dict[str, Any]]) -> pl.DataFrame:
-    """metrics.parquet's table from :func:`epoch_row` rows, typed even where a column is all null."""
-    return pl.DataFrame(history, schema=EPOCH_COLUMNS)
-
-
 def write_run(folder: RunFolder, final: Classifier, student: ModelSpec, after: np.ndarray, evald: Split,
-              dataset: dict[str, Any], config: dict[str, Any], metrics: pl.DataFrame) -> None:
-    """The run folder's results, each written atomically; ``config.json`` last marks the run complete."""
-    write_logits(folder.after, after, evald, logits_attrs(student, final, evald, dataset, after)
-                 | {"transfer": json.dumps(config)})
+              dataset: dict[str, Any], config: dict[str, Any] | None, metrics: pl.DataFrame | None) -> None:
+    """The run folder's results, each written atomically; ``config.json`` last marks the run complete
+    (no record for a trained teacher's folder: ``config`` None)."""
+    extra = {"transfer": json.dumps(config)} if config is not None else {}
+    write_logits(folder.after, after, evald, logits_attrs(student, final, evald, dataset, after) | extra)
     with atomic_path(folder.weights) as tmp:
         torch.save(final.body.state_dict(), tmp)
-    folder.write_record(config, metrics)
+    if config is not None:
+        folder.write_record(config, metrics)

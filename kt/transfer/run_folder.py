@@ -20,12 +20,17 @@ class RunFolder:
     ``eval_after.h5`` (eval logits before and after transfer), ``metrics.parquet`` (one row per epoch),
     ``config.json`` (written last: its presence marks the run complete), ``state.pt`` (the resume
     point, while the run is unfinished), ``stages/{k}_{teacher}/`` (a sequential group's stages, each a
-    run folder) and ``transfer_metrics.parquet`` (the evaluation's, written later by ``kt evaluate``)."""
+    run folder), ``transfer_metrics.parquet`` (the evaluation's, written later by ``kt evaluate``), and
+    for strategies that train more than the student: ``strategy.pt`` (the strategy's own modules) and
+    ``trained/{teacher}/`` (a trained teacher's ``student.pth``, ``eval_before.h5``, ``eval_after.h5``:
+    the reverse direction, read by ``kt evaluate``)."""
 
     OUTPUTS: ClassVar[dict[str, str]] = {"weights": "student.pth", "before": "eval_before.h5",
                                           "after": "eval_after.h5", "metrics": "metrics.parquet",
                                           "config": "config.json"}
     STATE: ClassVar[str] = "state.pt"
+    STRATEGY: ClassVar[str] = "strategy.pt"
+    TRAINED: ClassVar[str] = "trained"
     EVALUATION: ClassVar[str] = "transfer_metrics.parquet"
     STAGES: ClassVar[str] = "stages"
 
@@ -74,6 +79,19 @@ class RunFolder:
     @property
     def evaluation(self) -> Path:
         return self.path / self.EVALUATION
+
+    @property
+    def strategy_modules(self) -> Path:
+        return self.path / self.STRATEGY
+
+    def trained(self, teacher: str) -> RunFolder:
+        """The folder of a teacher that trained in this run (its slug), in the reverse direction's roles."""
+        return RunFolder(self.path / self.TRAINED / teacher)
+
+    def trained_teachers(self) -> list[str]:
+        """The slugs of the teachers this run trained (none for most strategies)."""
+        folder = self.path / self.TRAINED
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     def stage(self, k: int, teacher: str) -> RunFolder:
         """Stage ``k`` (from 1) of a sequential group, taught by ``teacher`` (its slug)."""

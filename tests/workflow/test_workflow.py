@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,11 +18,21 @@ import torch
 
 from kt.artifacts import artifact_info, read_logits
 from kt.metrics import run_metrics
+from kt.transfer.rows import epoch_rows
 
 pytestmark = pytest.mark.workflow
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests" / "workflow" / "config.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# Injected into a copy of the report: where the landing page's table (its scroll box) ends, where the
+# DAG drawing begins, and the title's top, once the page has drawn itself.
+GEOMETRY = """<script>setTimeout(function () {
+  var q = function (s) { return document.querySelector(s).getBoundingClientRect(); };
+  var out = document.createElement("pre"); out.id = "geometry";
+  var dag = q("#rulegraph svg, #rulegraph canvas");
+  out.textContent = [q(".kt-overview").right, dag.left, q(".prose h1").top].join(" ");
+  document.body.appendChild(out);
+}, 2000);</script>"""
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -104,7 +115,7 @@ def test_transfer_runs_and_metrics_are_consistent(run: Path) -> None:
         p = min(1.0, 2 * sum(math.comb(changed, i) for i in range(fewer + 1)) / 2**changed) if changed else 1.0
         assert row["mcnemar_p"] == pytest.approx(p, rel=1e-9) and row["significant"] == (p < 0.05)
         assert row["delta_ci_low"] <= row["delta"] <= row["delta_ci_high"]
-        epochs = pl.read_parquet(folder / "metrics.parquet")
+        epochs = epoch_rows(pl.read_parquet(folder / "metrics.parquet"))
         assert epochs["epoch"].to_list() == ([0, 1, 2] if row["strategy"] == "sequential" else [0, 1])
         config = json.loads((folder / "config.json").read_text())
         assert config.get("mode", config["strategy"]) == row["strategy"]
@@ -126,6 +137,11 @@ def test_transfer_runs_and_metrics_are_consistent(run: Path) -> None:
     assert ((strategies["success_rate"] >= 0) & (strategies["success_rate"] <= 100)).all()
     assert {p.name for p in (run / "figures" / "transfer").glob("*.png")} >= {
         "success_rate.png", "delta_vs_accdiff.png", "gain_vs_loss.png", "epoch_curves.png", "multi_teacher.png"}
+    taught = runs.filter(pl.col("teacher") != "none").select("teacher", "student").unique().rows()
+    assert {p.name for p in (run / "figures" / "pair_curves").glob("*.png")} == {f"{t}__{s}.png" for t, s in taught}
+    per_run = run / "figures" / "run_curves"
+    assert {p.relative_to(per_run).as_posix() for p in per_run.rglob("*.png")} == {
+        f"{r['strategy']}/seed{r['seed']}/{r['teacher']}__{r['student']}.png" for r in runs.iter_rows(named=True)}
 
 
 def test_multi_teacher_group(run: Path) -> None:
@@ -191,3 +207,14 @@ def test_report_renders_in_a_real_browser(run: Path, tmp_path: Path) -> None:
                     f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,1000",
                     f"--screenshot={shot}", report.as_uri()], check=True, timeout=120, capture_output=True)
     assert shot.stat().st_size > 10_000
+    # at 1400 px the table ends left of the DAG drawing (it used to run under it) and the title is on screen
+    probe = tmp_path / "geometry.html"
+    head, tail = html.rsplit("</body>", 1)
+    probe.write_text(head + GEOMETRY + "</body>" + tail)
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,1000",
+                          "--virtual-time-budget=8000", "--dump-dom", probe.as_uri()],
+                         check=True, timeout=120, capture_output=True, text=True).stdout
+    table_right, dag_left, title_top = map(float, re.search(r'<pre id="geometry">([^<]*)</pre>', dom)[1].split())
+    assert table_right <= dag_left and title_top >= 0
+    assert "Training curves" in html and "top2__resnet.png" in html

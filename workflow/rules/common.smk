@@ -61,6 +61,8 @@ OPTIONS = config["transfer"]["options"]
 # Strategies without a teacher (the `ce` control) run once per student and seed, under the teacher
 # name NO_TEACHER, instead of once per pair.
 TEACHER_FREE = FACTS.teacher_free
+UNCACHED = FACTS.uncached  # strategies that read what the frozen-output cache does not hold
+TRAINS_TEACHER = FACTS.trains_teacher  # strategies whose teachers learn too (bikd)
 PAIRED = [s for s in STRATEGIES if s not in TEACHER_FREE]
 SEEDS = config["transfer"]["seeds"]
 MULTI = config["multi_teacher"]
@@ -157,10 +159,25 @@ def member_runs(group, seed, name=""):
 
 
 def run_teachers(wildcards):
-    """The models a run treats as frozen teachers: none, one, or a group's."""
+    """The models a run treats as teachers: none, one, or a group's."""
     if wildcards.teacher == NO_TEACHER:
         return []
     return group_teachers(wildcards.teacher) if wildcards.teacher in GROUPS else [wildcards.teacher]
+
+
+def run_strategy(wildcards):
+    """The strategy a run trains with: its own, or a group's (``multi_teacher.strategy``)."""
+    return MULTI["strategy"] if wildcards.strategy in RUN_MODES else wildcards.strategy
+
+
+def run_learners(wildcards):
+    """The models a run trains: the student, and its teachers for a strategy that trains them."""
+    return [wildcards.student] + (run_teachers(wildcards) if run_strategy(wildcards) in TRAINS_TEACHER else [])
+
+
+def run_frozen(wildcards):
+    """The teachers a run only runs forward."""
+    return [] if run_strategy(wildcards) in TRAINS_TEACHER else run_teachers(wildcards)
 
 
 MODEL_SIZES = f"{RESULTS}/model_sizes.json"  # written by model_sizes (models built and run on the meta device)

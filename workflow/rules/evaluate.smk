@@ -47,6 +47,22 @@ rule summarize:
             caption="../report/transfer_figures.rst",
             category="Transfer",
         ),
+        pair_curves=report(
+            directory(f"{RESULTS}/figures/pair_curves"),
+            patterns=["{teacher}__{student}.png"],
+            caption="../report/pair_curves.rst",
+            category="Training curves",
+            subcategory="all strategies, by pair",
+            labels={"teacher": "{teacher}", "student": "{student}"},
+        ),
+        run_curves=report(
+            directory(f"{RESULTS}/figures/run_curves"),
+            patterns=["{strategy}/seed{seed}/{teacher}__{student}.png"],
+            caption="../report/run_curves.rst",
+            category="Training curves",
+            subcategory="runs of {strategy}",
+            labels={"teacher": "{teacher}", "student": "{student}", "seed": "{seed}"},
+        ),
     params:
         kt=KT,
         code=KT_CODE,
@@ -64,4 +80,5 @@ rule summarize:
         runtime=kt_resources.SMALL_JOB["runtime"],
     shell:
         "{params.kt} summarize --metrics {input.metrics} --epochs {input.epochs} --pairs {input.pairs} --similar-within {params.similar_within} "
-        "--out {output.table} --csv {output.csv} --overview {output.overview} --figures {output.figures} > {log} 2>&1"
+        "--out {output.table} --csv {output.csv} --overview {output.overview} --figures {output.figures} "
+        "--pair-curves {output.pair_curves} --run-curves {output.run_curves} > {log} 2>&1"

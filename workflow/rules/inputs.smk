@@ -48,21 +48,23 @@ def get_run_dir(wildcards):
 
 
 def get_settings(strategy=None):
-    """Param function: TransferSettings as JSON, the shared keys plus the run's seed and this
-    strategy's own options (``None``: the run's ``strategy`` wildcard)."""
+    """Param function: TransferSettings as JSON, the shared keys plus the run's seed, this
+    strategy's own options (``None``: the run's ``strategy`` wildcard) and the results folder (where
+    the trackers keep their stores)."""
 
     def param(wildcards):
         name = strategy or getattr(wildcards, "strategy", None)
         settings = {k: config["transfer"][k] for k in SETTINGS_KEYS}
         settings |= {"seed": get_seed(wildcards), "device": config["device"], "decode": config["decode"],
-                     "eval_batch_size": config["extract"]["batch_size"], "options": OPTIONS.get(name, {})}
+                     "eval_batch_size": config["extract"]["batch_size"], "options": OPTIONS.get(name, {}),
+                     "results": RESULTS}
         return as_arg(settings)
 
     return param
 
 
 def get_cache(wildcards):
-    if config["transfer"]["cache_views"] > 0 and wildcards.teacher != NO_TEACHER:
+    if config["transfer"]["cache_views"] > 0 and wildcards.teacher != NO_TEACHER and wildcards.strategy not in UNCACHED:
         return CACHE.format(**wildcards)
     return []
 

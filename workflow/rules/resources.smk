@@ -98,8 +98,9 @@ def transfer_seconds(wildcards):
     teachers = [model_cost(t) for t in run_teachers(wildcards)]
     stages = [[t] for t in teachers] if wildcards.strategy == "sequential" else [teachers]
     evaluations = 1 + (settings["epochs"] // settings["eval_every"] if settings["eval_every"] else 0)
-    cached = settings["cache_views"] > 0 and wildcards.strategy not in RUN_MODES
+    cached = settings["cache_views"] > 0 and wildcards.strategy not in RUN_MODES and wildcards.strategy not in UNCACHED
     return sum(kt_resources.transfer_seconds(model_cost(wildcards.student), stage, cached=cached,
+                                             trained=run_strategy(wildcards) in TRAINS_TEACHER,
                                              train_images=split_size("train"), eval_images=split_size("eval"),
                                              epochs=settings["epochs"], evaluations=evaluations)
                for stage in stages)

@@ -60,7 +60,7 @@ rule transfer:
         ENV
     threads: TRANSFER_THREADS
     resources:
-        mem_mb=memory_of(the("student"), run_teachers, "transfer"),
+        mem_mb=memory_of(run_learners, run_frozen, "transfer"),
         runtime=runtime_of(transfer_seconds),
         gpu=1,
     shell:
