@@ -117,8 +117,8 @@ def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | P
     ``control``: the control run's ``eval_after.h5`` for the same student and seed. A strategy that
     trains its teachers too (``bikd``) adds the reverse direction for each of them, as strategy
     ``bikd:reverse`` (:func:`kt.names.reverse_of`; its own name keeps it apart from the ``bikd`` run of
-    the opposite pair): that teacher as the learner (``trained/{teacher}/``), the student's initial
-    predictions as its teacher's, no control."""
+    the opposite pair): that teacher as the learner (``trained/{teacher}/``), its teachers' initial
+    predictions (the student's and, in a group, the other teachers') as the teachers', no control."""
     folder = RunFolder(run_dir)
     before = read_logits(folder.before)
     files = [teacher_logits] if isinstance(teacher_logits, str | Path) else list(teacher_logits or [])
@@ -128,9 +128,13 @@ def run_table(run_dir: str | Path, teacher_logits: str | Path | Sequence[str | P
             "members": ",".join(config.get("members", [])) or teacher, "base_strategy": config.get("base_strategy"),
             "seed": config.get("settings", {}).get("seed", 0)}
     tables = [_direction(folder, teachers, control, alpha, keys)]
-    for learner in folder.trained_teachers():
-        reverse = keys | {"strategy": reverse_of(strategy), "teacher": student, "student": learner, "members": student}
-        tables.append(_direction(folder.trained(learner), [before], None, alpha, reverse))
+    trained = folder.trained_teachers()
+    for learner in trained:  # its teachers: the student and, in a group, the other trained teachers
+        others = [student, *(t for t in trained if t != learner)]
+        logits = [before, *(read_logits(folder.trained(t).before) for t in others[1:])]
+        reverse = keys | {"strategy": reverse_of(strategy), "teacher": "+".join(others), "student": learner,
+                          "members": ",".join(others)}
+        tables.append(_direction(folder.trained(learner), logits, None, alpha, reverse))
     return pl.concat(tables)
 
 

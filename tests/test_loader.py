@@ -193,3 +193,20 @@ def test_cache_build_resumes_after_sigkill(tmp_path: Path, folder: dict, pair, c
             assert np.array_equal(a[name][:], b[name][:]), name
         assert dict(a.attrs) == dict(b.attrs)
     assert not progress.parent.exists()
+
+
+def test_prefetched_keeps_order_and_raises_the_threads_error_in_the_caller() -> None:
+    """With no loader workers the next batch is made in a background thread (kt.data.loader.prefetched):
+    the items come in order, and an error raised while making one reaches the caller at that item."""
+    from kt.data.loader import prefetched
+
+    assert list(prefetched(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def broken():
+        yield 1
+        raise OSError("image file is truncated")
+
+    items = prefetched(broken())
+    assert next(items) == 1
+    with pytest.raises(OSError, match="truncated"):
+        next(items)

@@ -143,3 +143,19 @@ def test_an_unknown_feature_module_names_the_model_and_the_strategy(tmp_path: Pa
 def test_metrics_table_types_survive_a_strategy_with_terms(tmp_path: Path, pair) -> None:
     metrics = transfer(*pair, "crd", DATASET, tmp_path, replace(SETTINGS, epochs=1))
     assert isinstance(metrics, pl.DataFrame) and metrics["train_loss"].drop_nulls().len() >= 1
+
+
+def test_bikd_with_three_models_trains_all_and_reports_each_direction(tmp_path: Path, pair,
+                                                                       tiny_resnet_spec) -> None:
+    """A parallel group of two teachers and the student: all three train, the most confident teaches."""
+    transfer(list(pair[:1]) + [tiny_resnet_spec], pair[1], "bikd", DATASET, tmp_path, replace(SETTINGS, epochs=1))
+    folder = RunFolder(tmp_path)
+    assert folder.trained_teachers() == ["tiny_resnet18", "tiny_teacher"]
+    teachers = [folder.trained(t).before for t in ("tiny_teacher", "tiny_resnet18")]
+    table = run_table(tmp_path, teachers, "bikd", "tiny_teacher+tiny_resnet18", "tiny_student")
+    wide = table.pivot("metric", index=["strategy", "teacher", "student"], values="value")
+    assert wide.select("strategy", "teacher", "student").rows() == [
+        ("bikd", "tiny_teacher+tiny_resnet18", "tiny_student"),
+        ("bikd:reverse", "tiny_student+tiny_teacher", "tiny_resnet18"),
+        ("bikd:reverse", "tiny_student+tiny_resnet18", "tiny_teacher")]
+    assert "group_oracle_acc" in wide.columns  # flips against several teachers

@@ -4,6 +4,8 @@ files, sample augmentations, reference views) runs in persistent worker processe
 
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -81,7 +83,7 @@ class _PassSampler:
 
 class Loader:
     """Augmented uint8 batches of one split at one model's size, pass after pass (epochs, cached
-    views), from ``workers`` persistent, prefetching processes.
+    views), from ``workers`` persistent, prefetching processes (none: from a prefetching thread).
 
     ``models``: the models whose reference views an un-augmented pass makes (the decode setting
     ``reference``, :mod:`kt.preprocess`); batches are then :class:`Views`, one per distinct view, from
@@ -133,8 +135,34 @@ class Loader:
                 yield images, pos
             return
         self.sampler.keys = [[(int(p), seed) for p in chunk] for chunk in chunks]
-        for chunk, images in zip(chunks, self.loader, strict=True):
+        batches = self.loader if self.loader.num_workers else prefetched(iter(self.loader))
+        for chunk, images in zip(chunks, batches, strict=True):
             yield images, torch.as_tensor(chunk)
+
+
+def prefetched(items: Iterator[Any]) -> Iterator[Any]:
+    """``items``, each made in a background thread while the caller works on the one before: with no
+    loader workers, PIL's decoding and resizing (which release the GIL) overlap the model's passes
+    instead of waiting between them. An exception in the thread is raised in the caller."""
+    slot: queue.Queue = queue.Queue(maxsize=1)
+    done = object()
+
+    def fill() -> None:
+        try:
+            for item in items:
+                slot.put((item, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller, who raises it
+            slot.put((None, error))
+        slot.put((done, None))
+
+    threading.Thread(target=fill, daemon=True, name="kt-prefetch").start()
+    while True:
+        item, error = slot.get()
+        if error is not None:
+            raise error
+        if item is done:
+            return
+        yield item
 
 
 def reference_views(split: Split, models: list[Any] | None) -> dict[str, ViewTransform] | None:
