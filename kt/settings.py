@@ -44,6 +44,9 @@ class TransferSettings:
     # what never changes a result (the weights, the evaluations): out of the digest, so that a run
     # resumes or a finished stage counts as done whatever they are
     NOT_RESULTS = frozenset({"device", "eval_batch_size", "workers", "log_every", "trackers", "results"})
+    # what only a training run reads (its rows and trackers): a frozen-output cache build is not given them,
+    # so changing them does not rebuild caches
+    RUN_ONLY = frozenset({"log_every", "trackers", "results"})
 
     def learning_rate(self, strategy: Strategy) -> float:
         """Hands the strategy the batch size first (:meth:`Strategy.configure`: XE-KL+MCL scales its lr

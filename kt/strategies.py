@@ -477,7 +477,7 @@ class CRD(Strategy):
         student = out.student.float()
         f_s = self.embed_s(out.student_features["pooled"].float())
         f_t = self.embed_t(out.teacher_features[0]["pooled"].float().detach())
-        scores_s, scores_t = self.memory(f_s, f_t, out.positions.to(f_s.device), out.labels)
+        scores_s, scores_t = self.memory(f_s, f_t, out.positions)
         crd = contrast_loss(scores_s, self.memory.k, self.memory.n) + contrast_loss(scores_t, self.memory.k,
                                                                                     self.memory.n)
         ce = F.cross_entropy(student, out.labels)
@@ -504,51 +504,53 @@ class Embed(torch.nn.Module):
 class ContrastMemory(torch.nn.Module):
     """RepDistiller's ``ContrastMemory`` with the paper code's sampling: memory banks of both models'
     embeddings, the normalising constants (fixed from the first batch, then saved with the banks), and
-    negatives from the other classes. Buffers only: nothing in it is trained by the optimiser."""
+    negatives from the other classes. Buffers only: nothing in it is trained by the optimiser. The
+    label tables that sampling reads stay on the CPU, where the loader's positions are: drawing
+    negatives never waits for the GPU."""
 
     def __init__(self, dim: int, labels: torch.Tensor, k: int, temperature: float, momentum: float) -> None:
         super().__init__()
-        labels = labels.long().cpu()
-        self.n = len(labels)
-        counts = torch.bincount(labels)
-        self.k = min(k, self.n - int(counts.max()))
+        self.labels = labels.long().cpu()  # plain attributes, not buffers: .to(device) leaves them here
+        self.n = len(self.labels)
+        self.counts = torch.bincount(self.labels)
+        self.k = min(k, self.n - int(self.counts.max()))
         if self.k < 1:
             raise KtError("crd needs samples of at least two classes in the transfer set.")
+        self.by_class = torch.argsort(self.labels, stable=True)  # positions grouped by class
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
         self.temperature, self.momentum = temperature, momentum
         stdv = 1.0 / math.sqrt(dim / 3)
         self.register_buffer("memory_s", torch.rand(self.n, dim).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("memory_t", torch.rand(self.n, dim).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("z", torch.full((2,), -1.0))  # Z_s, Z_t: -1 until the first batch
-        order = torch.argsort(labels, stable=True)  # positions grouped by class, for sampling outside one
-        self.register_buffer("by_class", order, persistent=False)
-        self.register_buffer("starts", torch.cumsum(counts, 0) - counts, persistent=False)
-        self.register_buffer("counts", counts, persistent=False)
 
     def negatives(self, labels: torch.Tensor) -> torch.Tensor:
-        """B x k positions drawn uniformly, with replacement, from the samples of other classes (the
-        paper's ``get_contrast_idx``): a draw u in [0, N − n_y) skips class y's block of ``by_class``."""
-        labels = labels.to(self.counts.device)
-        outside = (self.n - self.counts[labels]).cpu()[:, None]  # drawn on the CPU: the run's seeded generator
-        u = (torch.rand(len(labels), self.k, dtype=torch.float64) * outside).long().to(labels.device)
-        start = self.starts[labels][:, None]
-        return self.by_class[u + (u >= start) * self.counts[labels][:, None]]
+        """B x k positions (CPU) drawn uniformly, with replacement, from the samples of other classes (the
+        paper's ``get_contrast_idx``), with the run's seeded CPU generator: a draw u in [0, N − n_y)
+        skips class y's block of ``by_class``."""
+        labels = labels.cpu()
+        u = (torch.rand(len(labels), self.k, dtype=torch.float64) * (self.n - self.counts[labels])[:, None]).long()
+        return self.by_class[u + (u >= self.starts[labels][:, None]) * self.counts[labels][:, None]]
 
-    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, positions: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (B x (1 + k)) of the student's embedding against the teacher's bank and the teacher's
-        against the student's (positive first), then the banks updated at ``positions``."""
-        idx = torch.cat([positions[:, None], self.negatives(labels).to(positions.device)], 1)
+        against the student's (positive first), then the banks updated at ``positions`` (the samples'
+        positions in the transfer set)."""
+        positions = positions.cpu()
+        idx = torch.cat([positions[:, None], self.negatives(self.labels[positions])], 1).to(f_s.device,
+                                                                                            non_blocking=True)
         scores_s = torch.exp(torch.bmm(self.memory_t[idx].detach(), f_s[:, :, None])[..., 0] / self.temperature)
         scores_t = torch.exp(torch.bmm(self.memory_s[idx].detach(), f_t[:, :, None])[..., 0] / self.temperature)
-        with torch.no_grad():
-            for i, scores in enumerate((scores_s, scores_t)):
-                if self.z[i] < 0:
-                    self.z[i] = scores.mean() * self.n
+        with torch.no_grad():  # Z from the first batch, then fixed; torch.where: no host sync on a GPU
+            first = torch.stack([scores_s.mean(), scores_t.mean()]) * self.n
+            self.z.copy_(torch.where(self.z < 0, first, self.z))
         scores_s, scores_t = scores_s / self.z[0], scores_t / self.z[1]
+        rows = idx[:, 0]
         with torch.no_grad():
             for bank, f in ((self.memory_s, f_s), (self.memory_t, f_t)):
-                row = bank[positions] * self.momentum + f.detach() * (1 - self.momentum)
-                bank[positions] = row / row.pow(2).sum(1, keepdim=True).sqrt()
+                row = bank[rows] * self.momentum + f.detach() * (1 - self.momentum)
+                bank[rows] = row / row.pow(2).sum(1, keepdim=True).sqrt()
         return scores_s, scores_t
 
 
@@ -558,6 +560,7 @@ def contrast_loss(scores: torch.Tensor, k: int, n: int, eps: float = 1e-7) -> to
     log_pos = torch.log(scores[:, 0] / (scores[:, 0] + noise + eps))
     log_neg = torch.log(noise / (scores[:, 1:] + noise + eps))
     return -(log_pos.sum() + log_neg.sum()) / len(scores)
+
 
 def make_strategy(name: str, options: dict[str, Any], registry: Registry) -> Strategy:
     """The strategy registered as ``name``, built with its config options; whatever its own checks

@@ -816,7 +816,7 @@ def test_crd_scores_normaliser_and_memory_update_by_hand() -> None:
     memory.memory_s.copy_(t([[1.0, 0.0], [0.0, 1.0]]))
     memory.memory_t.copy_(t([[0.6, 0.8], [0.8, -0.6]]))
     f_s, f_t = t([[0.0, 1.0], [1.0, 0.0]]), t([[1.0, 0.0], [0.0, 1.0]])
-    scores_s, scores_t = memory(f_s, f_t, torch.tensor([0, 1]), torch.tensor([0, 1]))
+    scores_s, scores_t = memory(f_s, f_t, torch.tensor([0, 1]))
     # each sample's one negative is the other sample: rows of memory_t in order (own, other)
     raw_s = [[math.exp(0.8 / 0.5), math.exp(-0.6 / 0.5)], [math.exp(0.8 / 0.5), math.exp(0.6 / 0.5)]]
     z_s = sum(map(sum, raw_s)) / 4 * 2
@@ -845,7 +845,7 @@ def test_crd_loss_is_ce_plus_beta_times_both_nce_terms() -> None:
     result = strategy.loss(out)
     modules["memory"].load_state_dict(state)  # replay the same step by hand
     torch.set_rng_state(rng)
-    s_scores, t_scores = modules["memory"](strategy.embed_s(fs), strategy.embed_t(ft), pos, y)
+    s_scores, t_scores = modules["memory"](strategy.embed_s(fs), strategy.embed_t(ft), pos)
     nce = contrast_loss(s_scores, 3, 6) + contrast_loss(t_scores, 3, 6)
     assert close(result.value, float((F.cross_entropy(zs, y) + 0.8 * nce).detach()))
     assert close(result.terms["crd"], float(nce.detach())) and "kl" not in result.terms

@@ -266,7 +266,7 @@ def _train_epoch(run: _Run, epoch: int, step: int, emit: Callable[[dict[str, Any
     view = epoch % settings.cache_views if run.cached else epoch
     for learner in (model, *run.trained):
         learner.train()
-    losses, window = [], _LossWindow(run, epoch, step)
+    window = _LossWindow(run, epoch, step)
     whole, recent = Window(), Window()  # the epoch; the steps since the last step row
     batches = run.loader.batches(order, pass_seed(settings.seed, view))
     per_epoch = -(-len(run.train) // settings.batch_size)
@@ -277,16 +277,15 @@ def _train_epoch(run: _Run, epoch: int, step: int, emit: Callable[[dict[str, Any
         run.scaler.update()
         step += 1
         strategy.after_step(model, step)
-        losses.append(loss)
         whole.add(loss, share, terms, len(pos))
         recent.add(loss, share, terms, len(pos))
         logs = emit is not None and settings.log_every and len(whole) % settings.log_every == 0
         if step % CHECK_EVERY == 0 or logs:
-            window.check(losses, step)  # before a row: a non-finite loss stops the run, never reaches a row
+            window.check(whole.losses, step)  # before a row: a non-finite loss stops the run, never reaches a row
         if logs:
             emit(step_row(epoch + 1, step, epoch + len(whole) / per_epoch, recent.means(_lr(run))))
             recent = Window()
-    window.check(losses, step)
+    window.check(whole.losses, step)
     return whole.means(_lr(run)), step
 
 

@@ -47,10 +47,11 @@ def get_run_dir(wildcards):
     return RUN.format(**wildcards)
 
 
-def get_settings(strategy=None):
+def get_settings(strategy=None, run=True):
     """Param function: TransferSettings as JSON, the shared keys plus the run's seed, this
     strategy's own options (``None``: the run's ``strategy`` wildcard) and the results folder (where
-    the trackers keep their stores)."""
+    the trackers keep their stores). ``run=False`` (a cache build) leaves out what only a training run
+    reads (``TransferSettings.RUN_ONLY``), so that changing it rebuilds no cache."""
 
     def param(wildcards):
         name = strategy or getattr(wildcards, "strategy", None)
@@ -58,6 +59,8 @@ def get_settings(strategy=None):
         settings |= {"seed": get_seed(wildcards), "device": config["device"], "decode": config["decode"],
                      "eval_batch_size": config["extract"]["batch_size"], "options": OPTIONS.get(name, {}),
                      "results": RESULTS}
+        if not run:
+            settings = {k: v for k, v in settings.items() if k not in TransferSettings.RUN_ONLY}
         return as_arg(settings)
 
     return param

@@ -15,7 +15,7 @@ rule cache_frozen:
         teacher=get_spec("teacher"),
         student=get_spec("student"),
         dataset=get_dataset,
-        settings=get_settings(),
+        settings=get_settings(run=False),
     log:
         f"{RESULTS}/logs/cache/{{teacher}}__{{student}}{CACHE_SEED_PART}.log",
     benchmark:
