@@ -25,13 +25,15 @@ ENV = "KT_MALLOC"
 
 
 def steady() -> bool:
-    """No mmap-served blocks (M_MMAP_MAX 0) and no trimming (M_TRIM_THRESHOLD at its maximum). Returns
-    whether the settings took effect: False where ``KT_MALLOC=glibc`` or the C library is not glibc."""
+    """No mmap-served blocks (M_MMAP_MAX 0) and no trimming (M_TRIM_THRESHOLD -1, which glibc stores as
+    SIZE_MAX: the largest positive int, 2^31 - 1, still trims, since a 224-px batch's free heap top
+    passes 2 GiB). Returns whether the settings took effect: False where ``KT_MALLOC=glibc`` or the C
+    library is not glibc."""
     if os.environ.get(ENV, "steady") == "glibc":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1
     except (OSError, AttributeError):  # musl, macOS: no mallopt
         return False
 

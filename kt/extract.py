@@ -78,13 +78,39 @@ def predict(model: Classifier, data: Split, batch_size: int, device: torch.devic
             yield to_cpu(*pending)
 
 
-def loader_workers(workers: int | str, data: Split) -> int:
-    """``auto``: every CPU this job may use but the main process's, for a split that decodes image
-    files (the CPUs are the fewer of the process's affinity and its torch threads, i.e. the rule's
-    threads); in-memory data needs none."""
+class Throughput:
+    """Images a second of the batch loop: over the whole pass, and warm, past the first batch
+    :func:`predict` yields, which arrives after the first two forward passes (it runs one batch
+    ahead). The first pass grows the heap (GBs of first-touch page faults at batch 256 on a CPU) and
+    sets up kernels; a long job pays that once, so the warm rate is what it runs at."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.images: list[int] = []
+
+    def add(self, seconds: float, images: int) -> None:
+        self.seconds.append(seconds)
+        self.images.append(images)
+
+    def rate(self) -> float:
+        return sum(self.images) / max(sum(self.seconds), 1e-9)
+
+    def warm_rate(self) -> float:
+        """The rate past the first yield (its two batches); the whole pass's below four batches."""
+        if len(self.images) < 5:  # four batches, plus the closing call that yields nothing
+            return self.rate()
+        return (sum(self.images) - self.images[0] - self.images[1]) / max(sum(self.seconds[1:]), 1e-9)
+
+
+def loader_workers(workers: int | str, data: Split, device: torch.device) -> int:
+    """``auto``: for a split that decodes image files on a GPU, every CPU this job may use but the main
+    process's (the fewer of the process's affinity and its torch threads, i.e. the rule's threads);
+    on the CPU none, since the model's threads already take every core and worker processes would
+    contend with them: the prefetch thread decodes instead (benchmarks/README.md, real_photos).
+    In-memory data needs none."""
     if workers != "auto":
         return int(workers)
-    if not data.decodes:
+    if not data.decodes or device.type == "cpu":
         return 0
     return max(0, min(len(os.sched_getaffinity(0)), torch.get_num_threads()) - 1)
 
@@ -96,16 +122,17 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
     """Write ``out`` (atomically, streaming row chunks; logits and features stored as ``dtype``) and
     return its attrs."""
     data = load_split(dataset, split, registry)
-    workers = loader_workers(workers, data)
     model = create_model(spec, data.classes, registry)
     if int(data.labels.max()) >= model.num_classes:
         raise KtError(f"dataset labels go up to {int(data.labels.max())} but model {spec.slug!r} "
                       f"has {model.num_classes} classes; give the dataset the model's label space with "
                       "dataset.classes_file (one class folder name per line, in the order of the model's outputs).")
     dev = pick_device(device)
+    workers = loader_workers(workers, data, dev)
     model = prepare(model, dev)
     backoff = BatchBackoff(batch_size)
-    predicted, busy = np.zeros(len(data), dtype=np.int64), 0.0  # top-1 of the float32 logits, not the stored dtype
+    predicted = np.zeros(len(data), dtype=np.int64)  # top-1 of the float32 logits, not the stored dtype
+    clock = Throughput()
     with atomic_path(out) as tmp, open_h5(tmp, "w") as f:
         writer = None
         bar = tqdm(total=len(data), desc=f"extract {spec.slug} [{split}]", unit="img", mininterval=2)
@@ -113,10 +140,11 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
         while True:
             t0 = time.perf_counter()
             item = next(batches, None)
-            busy += time.perf_counter() - t0
             if item is None:
+                clock.add(time.perf_counter() - t0, 0)
                 break
             pos, logits, feats = item
+            clock.add(time.perf_counter() - t0, len(pos))
             if writer is None:
                 writer = LogitsWriter(f, data.ids, data.labels, logits.shape[1],
                                       feats.shape[1] if feats is not None else None, dtype=dtype)
@@ -127,7 +155,8 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
         if writer is not None:
             writer.flush()
         attrs = logits_attrs(spec, model, data, dataset) | {
-            "accuracy": top1(predicted, data.labels), "images_per_s": len(data) / max(busy, 1e-9),
+            "accuracy": top1(predicted, data.labels), "images_per_s": clock.rate(),
+            "warm_images_per_s": clock.warm_rate(),
             "device": str(dev), "batch_size": backoff.size, "workers": workers, "dtype": dtype, "decode": decode,
             "code": json.dumps(code_record((registry or get_registry()).code_table(), [spec.source], dataset["name"]))}
         set_attrs(f, attrs)

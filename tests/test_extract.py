@@ -25,7 +25,7 @@ from kt.registry import Registry
 
 ATTRS = {"logits", "labels", "index"}
 REQUIRED_ATTRS = {"model_id", "weights_origin", "preprocessing", "dataset_fingerprint", "accuracy",
-                  "images_per_s", "versions", "created", "format_version"}
+                  "images_per_s", "warm_images_per_s", "versions", "created", "format_version"}
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -345,14 +345,33 @@ def test_float16_storage_rounds_the_float32_logits_and_reads_back_as_float32(tmp
     np.testing.assert_array_equal(half.logits, full.logits.astype(np.float16).astype(np.float32))
 
 
-def test_auto_workers_use_the_jobs_cpus_for_image_files_only(monkeypatch: pytest.MonkeyPatch, fmnist: dict) -> None:
+def test_throughput_warm_rate_skips_the_first_two_batches() -> None:
+    """Five batches of 10 (the last yield comes with no forward pass of its own) and the closing call:
+    the first yield took 3 s (two forward passes, one of them cold), each later forward 0.5 s."""
+    from kt.extract import Throughput
+
+    clock = Throughput()
+    for seconds, images in [(3.0, 10), (0.5, 10), (0.5, 10), (0.5, 10), (0.0, 10), (0.0, 0)]:
+        clock.add(seconds, images)
+    assert clock.rate() == pytest.approx(50 / 4.5)
+    assert clock.warm_rate() == pytest.approx(30 / 1.5)  # batches 3-5
+    short = Throughput()
+    for seconds, images in [(2.0, 10), (0.0, 10), (0.0, 0)]:
+        short.add(seconds, images)
+    assert short.warm_rate() == short.rate() == 10
+
+
+def test_auto_workers_use_the_jobs_cpus_for_image_files_on_a_gpu_only(monkeypatch: pytest.MonkeyPatch,
+                                                                      fmnist: dict) -> None:
     from kt.extract import loader_workers
 
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
     split = load_split(fmnist, "eval")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 6)  # kt --threads 6: the rule's threads
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
-    assert loader_workers("auto", split) == 0 and loader_workers(3, split) == 3
+    assert loader_workers("auto", split, gpu) == 0 and loader_workers(3, split, gpu) == 3
     monkeypatch.setattr(type(split), "decodes", True)
-    assert loader_workers("auto", split) == 5
+    assert loader_workers("auto", split, gpu) == 5
+    assert loader_workers("auto", split, cpu) == 0 and loader_workers(2, split, cpu) == 2  # the model has the cores
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})  # SLURM gave the job 2 CPUs
-    assert loader_workers("auto", split) == 1
+    assert loader_workers("auto", split, gpu) == 1
