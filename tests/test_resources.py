@@ -28,13 +28,13 @@ def test_memory_follows_parameters_batch_workers_and_the_attempt() -> None:
 
 def test_cpu_jobs_add_their_activations() -> None:
     """ResNet-50's activation bytes per image (model_sizes: 6,422,528 for inference, 139,208,608 for
-    training) times the measured factors (3 and 1)."""
+    training) times the measured factors (4 and 1)."""
     r50 = ModelCost(25_557_032, 1000.0, infer_bytes=6_422_528, train_bytes=139_208_608)
-    # extraction at 256: 2000 + 2 x 97.49 + 588 (inputs) + 500 (a worker) + 256 x 3 x 6.125 MiB (4704) = 7988
-    assert memory_mb(students=[], frozen=[r50], batch=256, workers=1) == 8000
+    # extraction at 256: 2000 + 2 x 97.49 + 588 (inputs) + 500 (a worker) + 256 x 4 x 6.125 MiB (6272) = 9555
+    assert memory_mb(students=[], frozen=[r50], batch=256, workers=1) == 10000
     # transfer, batch 128, evaluations at 256: 2000 + 7 x 97.49 + 588 + 500 + the larger of the training step,
-    # 128 x (132.76 + 3 x 6.125 MiB) = 19346, and the evaluation, 256 x 3 x 6.125 = 4704: 23116
-    assert memory_mb(students=[r50], frozen=[r50], batch=128, workers=1, eval_batch=256) == 23500
+    # 128 x (132.76 + 4 x 6.125 MiB) = 20129, and the evaluation, 256 x 4 x 6.125 = 6272: 23900
+    assert memory_mb(students=[r50], frozen=[r50], batch=128, workers=1, eval_batch=256) == 24000
     # not measured: stand-ins scaled to the input side (10 MB and 250 MB an image at 224 px)
     small = ModelCost(1_000_000, 100.0, size=112)
     assert small.activations() == (10e6 / 4, 250e6 / 4)
@@ -74,7 +74,7 @@ def test_a_dry_run_sizes_jobs_from_the_config(tmp_path: Path) -> None:
     loader workers add 4 x 500 MB. A transfer with a cache: 6,000 images x 3 epochs x 3 / 200 +
     10,000 / 200 = 320 s -> ceil(2 x 320 / 60 + 5) = 16 min; its memory 2000 + 7 x 381.5 + 4 batches
     of 256 x 3 x 28^2 (9.2) + 4 x 500 + activations (device auto: maybe a CPU) from the stand-ins scaled to
-    28 px, 250 MB and 10 MB an image / 64: 128 x (3.73 + 3 x 0.149 MiB) = 534, so 7214 -> 7500 MB."""
+    28 px, 250 MB and 10 MB an image / 64: 128 x (3.73 + 4 x 0.149 MiB) = 554, so 7234 -> 7500 MB."""
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["transfer"]["workers"] = 4
     config["results"] = str(tmp_path / "res")
@@ -83,8 +83,8 @@ def test_a_dry_run_sizes_jobs_from_the_config(tmp_path: Path) -> None:
     done = dry_run(target, "--configfile", str(tmp_path / "my.yaml"))  # the target first
     assert done.returncode == 0, done.stderr[-3000:]
     assert _resources(done.stdout, "transfer") == [{"runtime": 16, "mem_mb": 7500}]
-    # the cache: 6,000 x (1/200 + 1/200) = 60 s -> 10 min; 2000 + 4 x 381.5 + 9.2 + 4 x 500 + 256 x 3 x 0.149
-    # (114) = 5649 -> 6000 MB
+    # the cache: 6,000 x (1/200 + 1/200) = 60 s -> 10 min; 2000 + 4 x 381.5 + 9.2 + 4 x 500 + 256 x 4 x 0.149
+    # (153) = 5688 -> 6000 MB
     assert _resources(done.stdout, "cache_frozen") == [{"runtime": 10, "mem_mb": 6000}]
 
 
@@ -118,9 +118,9 @@ def test_model_sizes_builds_models_on_the_meta_device() -> None:
 
 def test_pretrained_models_are_sized_before_their_extraction(tmp_path: Path) -> None:
     """A hub model's extraction waits for model_sizes.json and asks for memory from it (device auto: its
-    activations count): 2000 + 2 x 97.5 MB (ResNet-50) + 4 batches of 256 x 3 x 224^2 (588 MB) + 256 x 3 x
-    6.125 MiB (4704) = 7487 -> 7500 MB; before the file exists, the stand-ins (100M parameters, 10 MB an
-    image): 2000 + 2 x 381.5 + 588 + 256 x 3 x 9.54 (7324) = 10675 -> 11000 MB."""
+    activations count): 2000 + 2 x 97.5 MB (ResNet-50) + 4 batches of 256 x 3 x 224^2 (588 MB) + 256 x 4 x
+    6.125 MiB (6272) = 9055 -> 9500 MB; before the file exists, the stand-ins (100M parameters, 10 MB an
+    image): 2000 + 2 x 381.5 + 588 + 256 x 4 x 9.54 (9766) = 13117 -> 13500 MB."""
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["results"] = str(tmp_path / "res")
     config["models"] = [{"id": "timm:resnet50.a1_in1k", "name": "r50", "num_classes": 10}]
@@ -129,14 +129,14 @@ def test_pretrained_models_are_sized_before_their_extraction(tmp_path: Path) -> 
     done = dry_run(target, "--configfile", str(tmp_path / "my.yaml"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rule model_sizes:" in done.stdout
-    assert _resources(done.stdout, "extract") == [{"runtime": 10, "mem_mb": 11000}]
+    assert _resources(done.stdout, "extract") == [{"runtime": 10, "mem_mb": 13500}]
     (tmp_path / "res").mkdir()
     (tmp_path / "res" / "model_sizes.json").write_text(
         '{"r50": {"params": 25557032, "size": 224, "infer_bytes": 6422528, "train_bytes": 139208608}}')
     done = dry_run(target, "--configfile", str(tmp_path / "my.yaml"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rule model_sizes:" not in done.stdout
-    assert _resources(done.stdout, "extract") == [{"runtime": 10, "mem_mb": 7500}]
+    assert _resources(done.stdout, "extract") == [{"runtime": 10, "mem_mb": 9500}]
     config["device"] = "cuda"  # a GPU job: activations stay on the GPU
     (tmp_path / "my.yaml").write_text(yaml.safe_dump(config))
     done = dry_run(target, "--configfile", str(tmp_path / "my.yaml"))
