@@ -25,7 +25,8 @@ BATCHES_HELD = 4  # float batches the main process holds: the current, the next,
 # Activation memory on a CPU, from measured peaks (benchmarks/README.md, "Job memory"): the bytes
 # activation_bytes() counts, times these factors. Inference holds 1.3-3.3x the largest module's input +
 # output (temporaries inside modules, the allocator's reuse; the most: lite0's frozen-output cache once
-# kt's heap stopped being trimmed, whose peak varies by GBs between runs): 4 covers it with 20 % to spare. Training kept 0.5-0.95x the sum of leaf outputs (in-place and view modules count there).
+# kt's heap stopped being trimmed, whose peak varies by GBs between runs): 4 covers it with 20 % to spare.
+# Training kept 0.5-0.95x the sum of leaf outputs (in-place and view modules count there).
 INFER_FACTOR = 4.0
 TRAIN_FACTOR = 1.0
 STANDIN_INFER = 10e6  # bytes per image at 224 px where a model was not sized (EfficientNet-Lite0: 9.6e6)
