@@ -140,11 +140,10 @@ def extract(spec: ModelSpec, dataset: dict[str, Any], split: str, out: str | Pat
         while True:
             t0 = time.perf_counter()
             item = next(batches, None)
+            clock.add(time.perf_counter() - t0, 0 if item is None else len(item[0]))
             if item is None:
-                clock.add(time.perf_counter() - t0, 0)
                 break
             pos, logits, feats = item
-            clock.add(time.perf_counter() - t0, len(pos))
             if writer is None:
                 writer = LogitsWriter(f, data.ids, data.labels, logits.shape[1],
                                       feats.shape[1] if feats is not None else None, dtype=dtype)
